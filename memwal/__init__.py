@@ -1,0 +1,63 @@
+"""memwal: durable, non-blocking memory collection for AI-agent workflows.
+
+Layers (each imports only from the ones below it):
+    entry points    replay (memwal-replay), testing (public doubles)
+    orchestration   _collector -> _consumer, _stats
+    adapters        _journal (SQLite WAL), _sinks/ (sqlite, fallback, mem0)
+    pure leaves     _retry, _breaker, _throttle, _schema
+    foundations     _records, _config, _errors
+"""
+
+from __future__ import annotations
+
+from ._breaker import BreakerState, CircuitBreaker
+from ._collector import AsyncMemoryCollector, MemoryCollector
+from ._config import Config, load_config
+from ._errors import (
+    CircuitOpen,
+    ConfigError,
+    InvalidOperation,
+    JournalError,
+    MemwalError,
+    QueueFull,
+    SinkError,
+    SinkRejected,
+    SinkUnavailable,
+)
+from ._journal import JournalCounts
+from ._records import Memory, MemoryCategory, MemoryOperation, Priority
+from ._sinks.base import DeliveryReport, Sink
+from ._sinks.fallback import FallbackSink
+from ._sinks.sqlite import SQLiteSink
+from ._stats import CollectorStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncMemoryCollector",
+    "BreakerState",
+    "CircuitBreaker",
+    "CircuitOpen",
+    "CollectorStats",
+    "Config",
+    "ConfigError",
+    "DeliveryReport",
+    "FallbackSink",
+    "InvalidOperation",
+    "JournalCounts",
+    "JournalError",
+    "Memory",
+    "MemoryCategory",
+    "MemoryCollector",
+    "MemoryOperation",
+    "MemwalError",
+    "Priority",
+    "QueueFull",
+    "SQLiteSink",
+    "Sink",
+    "SinkError",
+    "SinkRejected",
+    "SinkUnavailable",
+    "__version__",
+    "load_config",
+]

@@ -1,0 +1,377 @@
+"""AsyncMemoryCollector and its synchronous, thread-safe facade MemoryCollector."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import anyio.abc
+import anyio.from_thread
+
+from ._config import Config
+from ._consumer import Consumer
+from ._errors import JournalError, QueueFull, SinkRejected
+from ._journal import Journal
+from ._records import MemoryCategory, Priority, validate
+from ._sinks.base import Sink
+from ._stats import CollectorStats, Counters, snapshot
+
+__all__ = ["AsyncMemoryCollector", "MemoryCollector"]
+
+log = logging.getLogger("memwal")
+_perf_ns = time.perf_counter_ns
+
+Category = str | MemoryCategory
+Meta = Mapping[str, Any] | None
+Prio = Priority | str | None
+
+
+class AsyncMemoryCollector:
+    """Collect memories without waiting for the backend; nothing collected is lost.
+
+    ``collect``/``collect_async`` append to the journal file in one committed SQLite
+    transaction on the caller's thread; a background consumer delivers to ``sink``.
+
+    Example:
+        >>> async with AsyncMemoryCollector("agent.journal", SQLiteSink("memories.db")) as c:
+        ...     op_id = await c.collect_async("bug", "parser fails on empty input")
+        ...     await c.flush_queue(timeout=10)
+    """
+
+    def __init__(
+        self,
+        journal: str | os.PathLike[str],
+        sink: Sink,
+        *,
+        config: Config | None = None,
+        clock: Any = time.monotonic,
+    ) -> None:
+        if not isinstance(sink, Sink):
+            raise TypeError(f"sink must be a memwal.Sink, got {type(sink).__name__}")
+        self.config = config or Config()
+        self.sink = sink
+        self.journal = Journal(journal, self.config.journal)
+        self.clock = clock
+        self.counters = Counters()
+        self._consumer: Consumer | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._state = "new"
+
+    def __repr__(self) -> str:
+        c = self.counters
+        return (
+            f"<AsyncMemoryCollector {str(self.journal.path)!r} {self._state}"
+            f" collected={c.collected} delivered={c.delivered} dead={c.dead}>"
+        )
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the journal and start the consumer (enter and leave in the same task)."""
+        if self._state != "new":
+            if self._state == "closed":
+                raise JournalError("collector is closed", path=str(self.journal.path))
+            return
+        await anyio.to_thread.run_sync(self.journal.open)
+        self.sink.bind(self.config, self.clock)
+        self._consumer = Consumer(self.journal, self.sink, self.config, counters=self.counters, clock=self.clock)
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        try:
+            await tg.start(self._consumer.run)
+        except BaseException:
+            await tg.__aexit__(None, None, None)
+            await anyio.to_thread.run_sync(self.journal.close)
+            raise
+        self._tg = tg
+        self._state = "running"
+
+    async def aclose(self) -> None:
+        """Flush within the shutdown timeout, release leases, checkpoint and close.
+
+        Whatever is not delivered stays in the journal for the next start. Closing
+        twice is a no-op; collect after close raises JournalError.
+        """
+        if self._state in ("closed", "new"):
+            self._state = "closed"
+            return
+        self._state = "closed"
+        assert self._consumer is not None and self._tg is not None
+        deadline = self.clock() + self.config.journal.shutdown_timeout
+        try:
+            with anyio.move_on_after(self.config.journal.shutdown_timeout, shield=True):
+                await self._flush_all()
+            await self._consumer.stop(max(0.0, deadline - self.clock()))
+        finally:
+            await self._tg.__aexit__(None, None, None)
+            with anyio.CancelScope(shield=True):
+                await self.sink.aclose()
+                await anyio.to_thread.run_sync(self.journal.close)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # -- collecting --------------------------------------------------------------
+
+    def _append(self, category: Any, content: Any, metadata: Any, priority: Any, tags: Any, project: Any,
+                on_full: str) -> str:
+        t0 = _perf_ns()
+        if self._state != "running":
+            raise JournalError(f"collector is {self._state}", path=str(self.journal.path))
+        ac = self.config.async_collection
+        cat, text, meta, prio, tag_t, proj = validate(
+            category, content, metadata, priority, tags, project,
+            max_content_bytes=self.config.journal.max_content_bytes,
+        )
+        op, dropped = self.journal.append(
+            cat, text, meta, prio, tag_t, proj, limit=ac.max_queue_size, on_full=on_full
+        )
+        c = self.counters
+        c.collected += 1
+        if dropped is not None:
+            c.drops["queue_full_drop_oldest"] += 1
+            log.warning("operation %s dropped to make room (on_full=drop_oldest) for %s", dropped, op.id)
+        c.collect_us.add((_perf_ns() - t0) / 1000)
+        log.debug("operation %s collected (%s, %s)", op.id, cat, prio.value)
+        assert self._consumer is not None
+        self._consumer.wake()
+        return op.id
+
+    def collect(
+        self,
+        category: Category,
+        content: str,
+        metadata: Meta = None,
+        priority: Prio = None,
+        *,
+        tags: Sequence[str] = (),
+        project: str | None = None,
+    ) -> str:
+        """Append one operation and return its id; for loop code that cannot await.
+
+        With ``on_full: block`` a full journal raises QueueFull at once here (blocking
+        the event loop would stop the consumer that makes room); use collect_async.
+        """
+        on_full = self.config.async_collection.on_full
+        return self._append(category, content, metadata, priority, tags, project,
+                            "reject" if on_full == "block" else on_full)
+
+    async def collect_async(
+        self,
+        category: Category,
+        content: str,
+        metadata: Meta = None,
+        priority: Prio = None,
+        *,
+        tags: Sequence[str] = (),
+        project: str | None = None,
+    ) -> str:
+        """Append one operation; return its id once it is committed to the journal.
+
+        When the journal is full and ``on_full`` is ``block``, waits up to
+        ``collect_timeout`` for room, then raises QueueFull. With
+        ``async_collection.enabled: false`` returns only once the operation is delivered.
+        """
+        ac = self.config.async_collection
+        if ac.on_full != "block":
+            op_id = self._append(category, content, metadata, priority, tags, project, ac.on_full)
+        else:
+            op_id = await self._append_blocking(category, content, metadata, priority, tags, project)
+        if not ac.enabled:
+            await self._wait_delivered(op_id)
+        return op_id
+
+    async def _append_blocking(self, *args: Any) -> str:
+        timeout = self.config.async_collection.collect_timeout
+        deadline = self.clock() + timeout
+        while True:
+            try:
+                return self._append(*args, "reject")
+            except QueueFull as exc:
+                left = deadline - self.clock()
+                if left <= 0:
+                    self.counters.drops["queue_full_timeout"] += 1
+                    raise QueueFull(exc.depth, exc.limit, waited=timeout) from None
+                assert self._consumer is not None
+                await self._consumer.wait_progress(min(left, self.config.journal.poll_interval * 4))
+                await anyio.to_thread.run_sync(self.journal.refresh_depth)
+
+    async def _wait_delivered(self, op_id: str) -> None:
+        assert self._consumer is not None
+        while await anyio.to_thread.run_sync(self.journal.find, op_id) is not None:
+            self._consumer.wake()
+            await self._consumer.wait_progress(self.config.journal.poll_interval * 4)
+        reason = await anyio.to_thread.run_sync(self.journal.dead_reason, op_id)
+        if reason is not None:
+            raise SinkRejected(f"operation {op_id} was dead-lettered: {reason}")
+
+    async def collect_bug(self, content: str, metadata: Meta = None, priority: Prio = None, **kw: Any) -> str:
+        """collect_async with category ``bug``."""
+        return await self.collect_async("bug", content, metadata, priority, **kw)
+
+    async def collect_error(self, content: str, metadata: Meta = None, priority: Prio = None, **kw: Any) -> str:
+        """collect_async with category ``error``."""
+        return await self.collect_async("error", content, metadata, priority, **kw)
+
+    async def collect_feedback(self, content: str, metadata: Meta = None, priority: Prio = None, **kw: Any) -> str:
+        """collect_async with category ``feedback``."""
+        return await self.collect_async("feedback", content, metadata, priority, **kw)
+
+    async def collect_performance(self, content: str, metadata: Meta = None, priority: Prio = None, **kw: Any) -> str:
+        """collect_async with category ``performance``."""
+        return await self.collect_async("performance", content, metadata, priority, **kw)
+
+    async def collect_architecture(self, content: str, metadata: Meta = None, priority: Prio = None, **kw: Any) -> str:
+        """collect_async with category ``architecture``."""
+        return await self.collect_async("architecture", content, metadata, priority, **kw)
+
+    async def collect_operation(self, content: str, metadata: Meta = None, priority: Prio = None, **kw: Any) -> str:
+        """collect_async with category ``operation``."""
+        return await self.collect_async("operation", content, metadata, priority, **kw)
+
+    # -- flushing and observing --------------------------------------------------
+
+    async def _flush_all(self) -> int:
+        assert self._consumer is not None
+        mark = self.journal.ids.last
+        total = remaining = await anyio.to_thread.run_sync(self.journal.remaining_upto, mark)
+        while remaining:
+            self._consumer.wake()
+            await self._consumer.wait_progress(self.config.journal.poll_interval * 4)
+            remaining = await anyio.to_thread.run_sync(self.journal.remaining_upto, mark)
+        return total
+
+    async def flush_queue(self, timeout: float | None = None) -> int:
+        """Wait until every operation collected before the call is delivered or dead-lettered.
+
+        Returns how many were waited for. On timeout raises TimeoutError; nothing is
+        lost (the operations stay in the journal).
+        """
+        if self._state != "running":
+            raise JournalError(f"collector is {self._state}", path=str(self.journal.path))
+        with anyio.fail_after(timeout):
+            return await self._flush_all()
+
+    def stats(self) -> CollectorStats:
+        """A frozen snapshot of counters and journal depth."""
+        return snapshot(self.counters, self.journal.counts())
+
+    def reset_circuit_breaker(self) -> None:
+        """Force every breaker of the sink closed."""
+        assert self._consumer is not None
+        for b in [self._consumer.breaker, *self.sink.breakers()]:
+            if b is not None:
+                b.reset()
+        self._consumer.wake()
+
+
+class MemoryCollector:
+    """The synchronous, thread-safe facade for code without an event loop.
+
+    ``collect`` appends on the caller's thread; the consumer runs on a background
+    thread (an anyio blocking portal). Many threads may call ``collect`` at once.
+
+    Example:
+        >>> with MemoryCollector("agent.journal", SQLiteSink("memories.db")) as c:
+        ...     c.collect("feedback", "user prefers short answers")
+        ...     c.flush(timeout=10)
+    """
+
+    def __init__(self, journal: str | os.PathLike[str], sink: Sink, *, config: Config | None = None) -> None:
+        self._portal_cm = anyio.from_thread.start_blocking_portal()
+        self._portal = self._portal_cm.__enter__()
+        try:
+            self._async = AsyncMemoryCollector(journal, sink, config=config)
+            self._cm = self._portal.wrap_async_context_manager(self._async)
+            self._cm.__enter__()
+        except BaseException:
+            self._portal_cm.__exit__(None, None, None)
+            raise
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return repr(self._async).replace("AsyncMemoryCollector", "MemoryCollector", 1)
+
+    @property
+    def config(self) -> Config:
+        return self._async.config
+
+    def collect(
+        self,
+        category: Category,
+        content: str,
+        metadata: Meta = None,
+        priority: Prio = None,
+        *,
+        tags: Sequence[str] = (),
+        project: str | None = None,
+    ) -> str:
+        """Append one operation on this thread; return its id once committed.
+
+        With ``on_full: block`` waits (this thread only) up to ``collect_timeout`` for room.
+        """
+        a = self._async
+        on_full = a.config.async_collection.on_full
+        if on_full != "block":
+            return a._append(category, content, metadata, priority, tags, project, on_full)
+        try:
+            return a._append(category, content, metadata, priority, tags, project, "reject")
+        except QueueFull:
+            return self._portal.call(a._append_blocking, category, content, metadata, priority, tags, project)
+
+    def collect_bug(self, content: str, metadata: Meta = None, priority: Prio = None, **kw: Any) -> str:
+        return self.collect("bug", content, metadata, priority, **kw)
+
+    def collect_error(self, content: str, metadata: Meta = None, priority: Prio = None, **kw: Any) -> str:
+        return self.collect("error", content, metadata, priority, **kw)
+
+    def collect_feedback(self, content: str, metadata: Meta = None, priority: Prio = None, **kw: Any) -> str:
+        return self.collect("feedback", content, metadata, priority, **kw)
+
+    def collect_performance(self, content: str, metadata: Meta = None, priority: Prio = None, **kw: Any) -> str:
+        return self.collect("performance", content, metadata, priority, **kw)
+
+    def collect_architecture(self, content: str, metadata: Meta = None, priority: Prio = None, **kw: Any) -> str:
+        return self.collect("architecture", content, metadata, priority, **kw)
+
+    def collect_operation(self, content: str, metadata: Meta = None, priority: Prio = None, **kw: Any) -> str:
+        return self.collect("operation", content, metadata, priority, **kw)
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Block until everything collected before the call is delivered or dead-lettered."""
+        return self._portal.call(self._async.flush_queue, timeout)
+
+    def stats(self) -> CollectorStats:
+        return self._async.stats()
+
+    def reset_circuit_breaker(self) -> None:
+        self._portal.call(self._async.reset_circuit_breaker)
+
+    def close(self) -> None:
+        """Flush within the shutdown timeout, stop the consumer thread and close."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._cm.__exit__(None, None, None)
+        finally:
+            self._portal_cm.__exit__(None, None, None)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,303 @@
+"""Config: small frozen Structs per concern, profiles, and load_config().
+
+Precedence, lowest first: defaults, the profile preset, the file or mapping, then
+``MEMWAL_<SECTION>__<KEY>`` environment variables. Unknown keys and bad values raise
+ConfigError naming the key path; nothing is ever silently replaced by a default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from ._errors import ConfigError
+
+__all__ = [
+    "PROFILES",
+    "AsyncCollectionConfig",
+    "CacheConfig",
+    "CircuitBreakerConfig",
+    "Config",
+    "FallbackConfig",
+    "HealthConfig",
+    "JournalConfig",
+    "PerformanceConfig",
+    "load_config",
+]
+
+Seconds = Annotated[float, Meta(ge=0)]
+PositiveSeconds = Annotated[float, Meta(gt=0)]
+PositiveInt = Annotated[int, Meta(ge=1)]
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class AsyncCollectionConfig(_Section):
+    """The original framework's ``async_collection`` section, plus back-pressure.
+
+    ``batch_timeout`` is the longest an operation waits for its batch to fill; the
+    consumer is greedy, so under light load it does not wait at all.
+    """
+
+    enabled: bool = True
+    batch_size: PositiveInt = 100
+    batch_timeout: Seconds = 30.0
+    max_queue_size: PositiveInt = 100_000
+    max_retries: Annotated[int, Meta(ge=0)] = 8
+    retry_delay: Seconds = 1.0
+    max_retry_delay: Seconds = 300.0
+    on_full: Literal["block", "reject", "drop_oldest"] = "block"
+    collect_timeout: Seconds = 5.0
+    rate_limit: Annotated[float, Meta(gt=0)] | None = None
+    adaptive_batching: bool = False
+    min_batch_size: PositiveInt = 1
+    max_batch_size: PositiveInt = 1000
+
+    def __post_init__(self) -> None:
+        if self.retry_delay > self.max_retry_delay:
+            raise ValueError(
+                f"retry_delay: {self.retry_delay} is above max_retry_delay {self.max_retry_delay}"
+            )
+        if not self.min_batch_size <= self.batch_size <= self.max_batch_size:
+            raise ValueError(
+                f"batch_size: {self.batch_size} is outside min_batch_size..max_batch_size"
+                f" ({self.min_batch_size}..{self.max_batch_size})"
+            )
+
+
+class CacheConfig(_Section):
+    """The read cache (LRU with TTL); ``max_bytes`` optionally bounds its footprint."""
+
+    enabled: bool = True
+    max_size: PositiveInt = 1000
+    ttl_seconds: PositiveSeconds = 300.0
+    max_bytes: PositiveInt | None = None
+
+
+class PerformanceConfig(_Section):
+    """Timeouts and concurrency of sink calls, and the health-check period."""
+
+    operation_timeout: PositiveSeconds = 15.0
+    max_concurrent_ops: PositiveInt = 64
+    health_check_interval: PositiveSeconds = 60.0
+
+
+class CircuitBreakerConfig(_Section):
+    """One breaker per sink; defaults are the original framework's."""
+
+    failure_threshold: PositiveInt = 5
+    recovery_timeout: PositiveSeconds = 60.0
+    test_requests: PositiveInt = 3
+    success_threshold: PositiveInt = 2
+
+
+class JournalConfig(_Section):
+    """memwal's own settings for the journal file.
+
+    ``durability``: ``normal`` survives any crash of the process; ``full`` also
+    survives power loss (an fsync per commit).
+    """
+
+    durability: Literal["normal", "full"] = "normal"
+    lease_seconds: PositiveSeconds = 60.0
+    busy_timeout: PositiveSeconds = 5.0
+    retention_seconds: Seconds = 0.0
+    poll_interval: PositiveSeconds = 0.05
+    shutdown_timeout: Seconds = 10.0
+    max_content_bytes: PositiveInt = 1 << 20
+    checkpoint_pages: PositiveInt = 1000
+
+
+class FallbackConfig(_Section):
+    """Re-sending operations held by a fallback sink to the primary once it recovers."""
+
+    reconcile: bool = True
+    reconcile_rate: Annotated[float, Meta(gt=0)] = 50.0
+
+
+class HealthConfig(_Section):
+    """Thresholds that move health() from ok to degraded or failing and fire alerts."""
+
+    max_pending_age: PositiveSeconds = 300.0
+    max_depth_ratio: Annotated[float, Meta(gt=0, le=1)] = 0.8
+    max_failure_rate: Annotated[float, Meta(ge=0, le=1)] = 0.5
+    alert_on_breaker_open: bool = True
+    alert_on_dead: bool = True
+    metrics: bool = True
+    window_seconds: PositiveSeconds = 60.0
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """All of memwal's settings.
+
+    Example:
+        >>> cfg = load_config({"async_collection": {"batch_size": 50}})
+        >>> cfg.async_collection.batch_size
+        50
+    """
+
+    async_collection: AsyncCollectionConfig = AsyncCollectionConfig()
+    cache: CacheConfig = CacheConfig()
+    performance: PerformanceConfig = PerformanceConfig()
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+    journal: JournalConfig = JournalConfig()
+    fallback: FallbackConfig = FallbackConfig()
+    health: HealthConfig = HealthConfig()
+
+
+# Presets sit under the file's values. Why the numbers differ:
+# - development: fail fast and see everything: short timeouts, few retries, a health
+#   check every 5 s, breaker recovers after 10 s so a restarted local mem0 is used soon.
+# - production: the defaults, plus fsync per commit (power loss on a VM is real) and a
+#   longer lease so a slow mem0 call is never delivered twice.
+# - high-throughput: big batches and more concurrency; adaptive batching finds the
+#   sink's sweet spot; WAL checkpoints less often.
+# - low-resource: small batches, little concurrency, a small cache, for edge devices.
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    "development": {
+        "async_collection": {"max_retries": 3, "retry_delay": 0.5, "max_retry_delay": 10.0},
+        "performance": {"operation_timeout": 5.0, "health_check_interval": 5.0},
+        "circuit_breaker": {"recovery_timeout": 10.0},
+    },
+    "production": {
+        "journal": {"durability": "full", "lease_seconds": 120.0},
+        "performance": {"health_check_interval": 30.0},
+    },
+    "high-throughput": {
+        "async_collection": {"batch_size": 500, "max_batch_size": 2000, "adaptive_batching": True},
+        "performance": {"max_concurrent_ops": 128},
+        "journal": {"checkpoint_pages": 4000},
+    },
+    "low-resource": {
+        "async_collection": {"batch_size": 20, "max_queue_size": 20_000},
+        "performance": {"max_concurrent_ops": 8},
+        "cache": {"max_size": 200, "max_bytes": 2_000_000},
+    },
+}
+
+_SECTIONS = tuple(Config.__struct_fields__)
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_UNKNOWN = re.compile(r"Object contains unknown field `(?P<key>[^`]+)`")
+_FIELD = re.compile(r"^(?P<key>[a-z_]+): (?P<msg>.*)$", re.S)  # from __post_init__
+
+
+def _translate(exc: msgspec.ValidationError, root: str) -> ConfigError:
+    m = _AT.match(str(exc))
+    assert m is not None
+    msg, path = m["msg"], (m["path"] or "").lstrip(".")
+    unknown = _UNKNOWN.match(msg)
+    if unknown:
+        path, msg = ".".join(p for p in (path, unknown["key"]) if p), "unknown key"
+    elif field := _FIELD.match(msg):
+        path, msg = ".".join(p for p in (path, field["key"]) if p), field["msg"]
+    full = ".".join(p for p in (root, path) if p)
+    return ConfigError(msg, path=full)
+
+
+def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _deep_merge(dict(out[k]), v)
+        else:
+            out[k] = v
+    return out
+
+
+def _read_file(path: Path) -> Any:
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file: {exc.strerror}", path=str(path)) from exc
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            return tomllib.loads(text.decode("utf-8"))
+        if suffix in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(text) or {}
+    except Exception as exc:
+        raise ConfigError(f"not valid {suffix[1:].upper()}: {exc}", path=str(path)) from exc
+    raise ConfigError("config files must end in .yaml, .yml or .toml", path=str(path))
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, raw in env.items():
+        if not name.startswith("MEMWAL_") or "__" not in name:
+            continue
+        section, _, key = name[len("MEMWAL_") :].lower().partition("__")
+        if section not in _SECTIONS:
+            raise ConfigError(f"unknown section {section!r}", path=name)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"cannot parse {raw!r}", path=name) from exc
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def load_config(
+    source: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    *,
+    profile: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Build a Config from a YAML or TOML file, a mapping, or nothing.
+
+    The original framework's tree loads as it is, with or without its ``memory:`` root.
+    ``profile`` (or ``MEMWAL_PROFILE``) applies one of PROFILES under the given values.
+
+    Example:
+        >>> load_config({"memory": {"cache": {"ttl_seconds": 60}}}).cache.ttl_seconds
+        60.0
+    """
+    env = os.environ if env is None else env
+    if source is None:
+        data: Any = {}
+    elif isinstance(source, Mapping):
+        data = source
+    else:
+        data = _read_file(Path(source))
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"the top level must be a mapping, got {type(data).__name__}")
+    root = ""
+    if "memory" in data:
+        if len(data) != 1:
+            extra = sorted(k for k in data if k != "memory")
+            raise ConfigError("unknown key beside the memory: root", path=str(extra[0]))
+        root, data = "memory", data["memory"] or {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"must be a mapping, got {type(data).__name__}", path="memory")
+    profile = profile if profile is not None else env.get("MEMWAL_PROFILE")
+    merged: dict[str, Any] = {}
+    if profile is not None:
+        if profile not in PROFILES:
+            raise ConfigError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}", path="profile")
+        merged = _deep_merge(merged, PROFILES[profile])
+    merged = _deep_merge(merged, data)
+    try:
+        config = msgspec.convert(merged, Config)
+    except msgspec.ValidationError as exc:
+        raise _translate(exc, root) from exc
+    overrides = _env_overrides(env)
+    if not overrides:
+        return config
+    try:
+        return msgspec.convert(_deep_merge(msgspec.to_builtins(config), overrides), Config)
+    except msgspec.ValidationError as exc:
+        err = _translate(exc, "")
+        var = "MEMWAL_" + err.path.upper().replace(".", "__", 1)
+        raise ConfigError(f"{err.reason} (overrides {err.path})", path=var) from exc

@@ -1,0 +1,350 @@
+"""The anyio delivery loop: lease -> deliver (grouped by category) -> settle, plus housekeeping.
+
+What to ack, retry, dead-letter or release is decided by ``plan`` (a plain function);
+the loop only does the I/O. Journal calls run whole on a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from ._breaker import CircuitBreaker
+from ._config import Config
+from ._errors import CircuitOpen, SinkRejected, SinkUnavailable
+from ._journal import Journal, LeasedOp, Settlement
+from ._retry import next_attempt_at
+from ._sinks.base import DeliveryReport, Sink
+from ._stats import Counters
+from ._throttle import TokenBucket
+
+__all__ = ["Consumer", "plan"]
+
+log = logging.getLogger("memwal")
+
+
+def plan(
+    group: Sequence[LeasedOp],
+    outcome: DeliveryReport | BaseException | None,
+    *,
+    max_retries: int,
+    retry_delay: float,
+    max_retry_delay: float,
+    now: float,
+    rng: Callable[[], float] = random.random,
+) -> Settlement:
+    """Decide each leased row's fate from a delivery outcome (no I/O).
+
+    ``outcome`` is None (all delivered), a DeliveryReport, or the exception the sink
+    call raised. CircuitOpen releases rows without using an attempt; SinkRejected
+    dead-letters; anything else is transient and retried with backoff until
+    ``max_retries`` retries are used, then dead-lettered with the last error.
+    """
+    s = Settlement(acked=[], retry=[], dead=[], held=[], release=[])
+    if isinstance(outcome, CircuitOpen):
+        s.release.extend(g.key for g in group)
+        return s
+    for g in group:
+        err: BaseException | None
+        if isinstance(outcome, BaseException):
+            err = outcome
+        else:
+            err = outcome.failed.get(g.op.id) if outcome is not None else None
+            holder = outcome.held.get(g.op.id) if outcome is not None else None
+            if err is None:
+                (s.held.append((g.key, holder)) if holder else s.acked.append(g.key))
+                continue
+        if isinstance(err, SinkRejected):
+            s.dead.append((g.key, f"rejected: {err}"))
+        elif isinstance(err, CircuitOpen):
+            s.release.append(g.key)
+        elif g.attempts >= max_retries:
+            s.dead.append((g.key, f"gave up after {g.attempts + 1} attempts: {_describe(err)}"))
+        else:
+            retry_after = err.retry_after if isinstance(err, SinkUnavailable) else None
+            when = next_attempt_at(now, g.attempts, retry_delay, max_retry_delay, retry_after, rng)
+            s.retry.append((g.key, _describe(err), when))
+    return s
+
+
+def _describe(err: BaseException) -> str:
+    text = str(err)
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def group_by_category(leased: Sequence[LeasedOp], size: int) -> list[list[LeasedOp]]:
+    """Batches of at most ``size`` operations of one category, in lease order."""
+    by_cat: dict[str, list[LeasedOp]] = defaultdict(list)
+    for item in leased:
+        by_cat[item.op.category].append(item)
+    return [ops[i : i + size] for ops in by_cat.values() for i in range(0, len(ops), size)]
+
+
+class Consumer:
+    """One per collector: leases ready rows and delivers them to the sink."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        sink: Sink,
+        config: Config,
+        *,
+        counters: Counters,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.journal = journal
+        self.sink = sink
+        self.config = config
+        self.counters = counters
+        self.clock = clock
+        self.breaker: CircuitBreaker | None = None
+        if not sink.manages_breakers:
+            self.breaker = CircuitBreaker(
+                sink.name, config.circuit_breaker, clock=clock, on_change=counters.breaker_changed
+            )
+        self.batch_size = config.async_collection.batch_size
+        self.limiter = anyio.CapacityLimiter(config.performance.max_concurrent_ops)
+        self.bucket = TokenBucket(config.async_collection.rate_limit, clock=clock)
+        self.max_inflight = 2
+        self.task_group: anyio.abc.TaskGroup | None = None
+        self._wake = anyio.Event()
+        self._wake_requested = False
+        self._progress = anyio.Event()
+        self._idle = anyio.Event()
+        self._inflight = 0
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = 0
+        self._unexpected: set[type[BaseException]] = set()
+
+    # -- signals -----------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Tell the loop there is new work; safe from any thread, coalesced."""
+        if threading.get_ident() == self._thread:
+            self._wake.set()
+        elif not self._wake_requested and self._loop is not None:
+            self._wake_requested = True
+            try:
+                self._loop.call_soon_threadsafe(self._wake.set)
+            except RuntimeError:  # loop closed during shutdown
+                pass
+
+    async def _nap(self, seconds: float) -> None:
+        with anyio.move_on_after(seconds):
+            await self._wake.wait()
+        if self._wake.is_set():
+            self._wake = anyio.Event()
+            self._wake_requested = False
+
+    def _signal_progress(self) -> None:
+        ev, self._progress = self._progress, anyio.Event()
+        ev.set()
+
+    async def wait_progress(self, timeout: float) -> None:
+        """Wait until a batch settles here, or ``timeout`` (other processes settle too)."""
+        ev = self._progress
+        with anyio.move_on_after(timeout):
+            await ev.wait()
+
+    # -- the loop ----------------------------------------------------------------
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        await anyio.to_thread.run_sync(self.journal.recover)
+        try:
+            async with anyio.create_task_group() as tg:
+                self.task_group = tg
+                tg.start_soon(self._housekeeping)
+                if hasattr(self.sink, "reconcile") and self.config.fallback.reconcile:
+                    tg.start_soon(self._reconciler)
+                task_status.started()
+                await self._lease_loop(tg)
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                released = await anyio.to_thread.run_sync(self.journal.release_mine)
+                if released:
+                    log.info("released %d leased operations at shutdown; they stay in the journal", released)
+            self._idle.set()
+
+    async def stop(self, timeout: float) -> None:
+        """Stop leasing, let in-flight batches finish within ``timeout`` seconds."""
+        self._stopping = True
+        self._wake.set()
+        with anyio.move_on_after(timeout, shield=True):
+            await self._idle.wait()
+        if not self._idle.is_set() and self.task_group is not None:
+            log.warning("shutdown timeout: cancelling in-flight deliveries; their rows stay in the journal")
+            self.task_group.cancel_scope.cancel()
+            await self._idle.wait()
+
+    def _breaker_wait(self) -> float:
+        if self.breaker is not None:
+            return self.breaker.retry_in()
+        waits = [b.retry_in() for b in self.sink.breakers()]
+        return min(waits) if waits else 0.0
+
+    async def _lease_loop(self, tg: anyio.abc.TaskGroup) -> None:
+        poll = self.config.journal.poll_interval
+        while not self._stopping:
+            if self._inflight >= self.max_inflight:
+                await self.wait_progress(poll)
+                continue
+            wait = self._breaker_wait()
+            if wait > 0:
+                await self._nap(min(wait, poll))
+                continue
+            leased, bad = await anyio.to_thread.run_sync(self.journal.lease, self.batch_size)
+            for op_id, reason in bad:
+                self.counters.dead += 1
+                log.error("operation %s dead-lettered: %s", op_id, reason)
+            if not leased:
+                await self._nap(poll)
+                continue
+            self._inflight += 1
+            tg.start_soon(self._process, leased)
+        while self._inflight:
+            await self.wait_progress(poll)
+
+    async def _process(self, leased: list[LeasedOp]) -> None:
+        try:
+            parts: list[Settlement] = []
+            async with anyio.create_task_group() as tg:
+                for group in group_by_category(leased, self.batch_size):
+                    tg.start_soon(self._deliver_group, group, parts)
+            merged = Settlement(
+                acked=[k for p in parts for k in p.acked],
+                retry=[r for p in parts for r in p.retry],
+                dead=[d for p in parts for d in p.dead],
+                held=[h for p in parts for h in p.held],
+                release=[k for p in parts for k in p.release],
+            )
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.journal.settle, merged)
+            self.counters.settled(leased, merged, self.journal.clock())
+        finally:
+            self._inflight -= 1
+            self._signal_progress()
+
+    async def _deliver_group(self, group: list[LeasedOp], parts: list[Settlement]) -> None:
+        ops = [g.op for g in group]
+        delay = self.bucket.delay(len(ops))
+        if delay:
+            await anyio.sleep(delay)
+        outcome = await self._call(ops)
+        ac = self.config.async_collection
+        parts.append(
+            plan(
+                group,
+                outcome,
+                max_retries=ac.max_retries,
+                retry_delay=ac.retry_delay,
+                max_retry_delay=ac.max_retry_delay,
+                now=self.journal.clock(),
+            )
+        )
+
+    async def _call(self, ops: list[Any]) -> DeliveryReport | BaseException | None:
+        breaker = self.breaker
+        if breaker is not None and not breaker.allow():
+            return CircuitOpen(f"{breaker.name} circuit breaker is open", retry_after=breaker.retry_in())
+        timeout = self.config.performance.operation_timeout * (len(self.sink.breakers()) or 1)
+        started = self.clock()
+        try:
+            async with self.limiter:
+                with anyio.fail_after(timeout):
+                    report = await self.sink.deliver(ops)
+        except SinkRejected as exc:
+            if breaker is not None:
+                breaker.record_success()
+            return exc
+        except CircuitOpen as exc:
+            return exc
+        except TimeoutError:
+            if breaker is not None:
+                breaker.record_failure()
+            return SinkUnavailable(f"{self.sink.name} timed out after {timeout:g}s; outcome unknown")
+        except SinkUnavailable as exc:
+            if breaker is not None:
+                breaker.record_failure()
+            return exc
+        except Exception as exc:
+            if breaker is not None:
+                breaker.record_failure()
+            first = type(exc) not in self._unexpected
+            self._unexpected.add(type(exc))
+            log.error("unexpected error from %s, retrying: %r", self.sink.name, exc, exc_info=exc if first else None)
+            return exc
+        self.counters.sink_call(len(ops), self.clock() - started)
+        if breaker is not None:
+            if report is not None and len(report.failed) == len(ops) and not any(
+                isinstance(e, SinkRejected) for e in report.failed.values()
+            ):
+                breaker.record_failure()
+            else:
+                breaker.record_success()
+        return report
+
+    # -- background chores -------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        tick = 0
+        while True:
+            await anyio.sleep(1.0)
+            tick += 1
+            try:
+                await anyio.to_thread.run_sync(self.journal.checkpoint)
+                await anyio.to_thread.run_sync(self.journal.refresh_depth)
+                if tick % 5 == 0:
+                    await anyio.to_thread.run_sync(self.journal.recover)
+                if self.config.journal.retention_seconds > 0 and tick % 10 == 0:
+                    await anyio.to_thread.run_sync(self.journal.purge_done)
+            except Exception as exc:  # a chore failing must not stop delivery
+                log.warning("journal housekeeping failed: %s", exc)
+
+    async def _reconciler(self) -> None:
+        reconcile = self.sink.reconcile  # type: ignore[attr-defined]
+        bucket = TokenBucket(self.config.fallback.reconcile_rate, clock=self.clock)
+        while True:
+            leased = await anyio.to_thread.run_sync(self.journal.lease_held, self.batch_size)
+            if not leased:
+                await anyio.sleep(max(self.config.journal.poll_interval, 0.5))
+                continue
+            delay = bucket.delay(len(leased))
+            if delay:
+                await anyio.sleep(delay)
+            try:
+                with anyio.fail_after(self.config.performance.operation_timeout):
+                    report = await reconcile([g.op for g in leased])
+            except Exception as exc:
+                outcome: DeliveryReport | BaseException | None = exc
+            else:
+                outcome = report
+            s = plan(
+                leased, outcome, max_retries=1 << 30, retry_delay=self.config.async_collection.retry_delay,
+                max_retry_delay=self.config.async_collection.max_retry_delay, now=self.journal.clock(),
+            )
+            # A primary that rejects an operation outright keeps it only in the fallback.
+            for key, reason in s.dead:
+                log.warning("reconcile: primary rejected held row %d (%s); it stays in the fallback", key, reason)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(
+                    self.journal.settle_held, s.acked + [k for k, _ in s.dead], s.retry, s.release
+                )
+            for g in leased:
+                if g.key in s.acked:
+                    log.info("operation %s reconciled to the primary", g.op.id)
+            self.counters.reconciled += len(s.acked)
+            if s.release or s.retry:
+                await anyio.sleep(max(self._breaker_wait(), self.config.journal.poll_interval))

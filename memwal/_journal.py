@@ -1,0 +1,591 @@
+"""The WAL journal: append on the caller's thread; lease, settle and recover for consumers.
+
+Every method is synchronous and runs one short transaction whole, so no SQLite lock
+is ever held across an await: the async consumer calls the consumer-side methods on a
+worker thread. One in-process lock (``_wlock``) orders this process's writers, so a
+``collect`` waiting on the consumer's transaction wakes as soon as it commits instead
+of sleeping in SQLite's busy handler; other processes are ordered by SQLite's lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import msgspec
+
+from ._config import JournalConfig
+from ._errors import InvalidOperation, JournalError, QueueFull
+from ._records import (
+    IdGenerator,
+    MemoryOperation,
+    Priority,
+    decode_op,
+    encode_op,
+    id_to_seq,
+)
+from ._schema import (
+    APPLICATION_ID,
+    INSERT_OP,
+    LEASE_HELD,
+    LEASE_SELECT,
+    MIGRATIONS,
+    RANK_SHIFT,
+    SCHEMA_VERSION,
+    SEQ_MASK,
+)
+
+__all__ = ["Journal", "JournalCounts", "LeasedOp", "Settlement"]
+
+log = logging.getLogger("memwal")
+
+
+class LeasedOp(NamedTuple):
+    """An operation leased to one consumer: its journal key and prior attempts."""
+
+    key: int
+    op: MemoryOperation
+    attempts: int
+
+
+class Settlement(msgspec.Struct, kw_only=True):
+    """What to do with each leased row, applied in one transaction by ``settle``.
+
+    ``retry`` holds ``(key, error, not_before)``; ``dead`` ``(key, reason)``;
+    ``held`` ``(key, holder)`` for rows a fallback sink now holds; ``release`` gives
+    rows back without using an attempt (breaker open, shutdown).
+    """
+
+    acked: list[int] = []
+    retry: list[tuple[int, str, float]] = []
+    dead: list[tuple[int, str]] = []
+    held: list[tuple[int, str]] = []
+    release: list[int] = []
+
+
+class JournalCounts(msgspec.Struct, frozen=True, kw_only=True):
+    """Rows by state, read from the journal (so every process is counted)."""
+
+    pending: int = 0
+    leased: int = 0
+    dead: int = 0
+    delivered: int = 0
+    held: int = 0
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+
+
+def owner_is_gone(owner: str) -> bool:
+    """True when ``owner`` names a process on this host that no longer exists."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class Journal:
+    """A memwal journal file.
+
+    Example:
+        >>> j = Journal("memories.journal"); j.open()
+        >>> op = j.append("bug", "NPE in parser", {}, Priority.HIGH, (), None)
+        >>> j.close()
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        config: JournalConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self.config = config or JournalConfig()
+        self.clock = clock
+        self.owner = _owner()
+        self.ids = IdGenerator()
+        self._wlock = threading.Lock()  # orders this process's writers
+        self._clock_c = threading.Lock()  # guards the consumer connection
+        self._rlock = threading.Lock()  # guards the read connection
+        self._w: sqlite3.Connection | None = None
+        self._c: sqlite3.Connection | None = None
+        self._r: sqlite3.Connection | None = None
+        self._closed = False
+        # Depth estimate for back-pressure: the last exact count plus what this process
+        # added since, minus what it removed. Exact counting happens near the limit.
+        self._depth_base = 0
+        self._depth_delta = 0
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open" if self._w else "unopened"
+        return f"<Journal {str(self.path)!r} {state}>"
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create or check the schema and open the connections; JournalError names the path."""
+        if self._w is not None:
+            return
+        if self._closed:
+            raise JournalError("journal is closed", path=str(self.path))
+        if not self.path.parent.is_dir():
+            raise JournalError("cannot open: the directory does not exist", path=str(self.path))
+        deadline = time.monotonic() + self.config.busy_timeout
+        while True:
+            try:
+                self._c = self._connect()
+                self._migrate(self._c)
+                break
+            except sqlite3.OperationalError as exc:
+                # Switching to WAL or creating the schema while another process does the
+                # same can fail with "locked" outside the busy handler: retry, bounded.
+                self._close_conns()
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise JournalError(f"cannot open: {exc}", path=str(self.path)) from exc
+                if time.monotonic() > deadline:
+                    raise JournalError(f"cannot open: {exc} past busy_timeout", path=str(self.path)) from exc
+                time.sleep(0.01)
+            except sqlite3.DatabaseError as exc:
+                self._close_conns()
+                raise JournalError(f"not a memwal journal ({exc})", path=str(self.path)) from exc
+            except BaseException:
+                self._close_conns()
+                raise
+        try:
+            self._w = self._connect()
+            self._w.execute("PRAGMA wal_autocheckpoint=0")  # the consumer checkpoints
+            self._r = self._connect()
+            self._r.execute("PRAGMA query_only=1")
+        except sqlite3.Error as exc:
+            self._close_conns()
+            raise JournalError(f"cannot open: {exc}", path=str(self.path)) from exc
+        self.refresh_depth()
+
+    def close(self) -> None:
+        """Checkpoint and close; closing twice is a no-op."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._wlock, self._clock_c:
+            if self._c is not None:
+                try:
+                    self._c.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:
+                    log.warning("checkpoint at close failed: %s (journal %s)", exc, self.path)
+            self._close_conns()
+
+    @property
+    def is_open(self) -> bool:
+        return self._w is not None and not self._closed
+
+    def _close_conns(self) -> None:
+        for conn in (self._w, self._c, self._r):
+            if conn is not None:
+                conn.close()
+        self._w = self._c = self._r = None
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=self.config.busy_timeout
+        )
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode != "wal":
+            conn.close()
+            raise JournalError(f"cannot switch to WAL mode (got {mode})", path=str(self.path))
+        sync = "FULL" if self.config.durability == "full" else "NORMAL"
+        conn.execute(f"PRAGMA synchronous={sync}")
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if app_id != APPLICATION_ID and (tables or version):
+                raise JournalError("not a memwal journal (no memwal application_id)", path=str(self.path))
+            if version > SCHEMA_VERSION:
+                raise JournalError(
+                    f"schema version {version} is newer than this memwal reads ({SCHEMA_VERSION});"
+                    " upgrade memwal",
+                    path=str(self.path),
+                )
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                for stmt in MIGRATIONS[v]:
+                    conn.execute(stmt)
+            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _conn(self, which: sqlite3.Connection | None) -> sqlite3.Connection:
+        if which is None or self._closed:
+            raise JournalError("journal is closed", path=str(self.path))
+        return which
+
+    # -- producer ----------------------------------------------------------------
+
+    def append(
+        self,
+        category: str,
+        content: str,
+        metadata: dict[str, Any],
+        priority: Priority,
+        tags: tuple[str, ...],
+        project: str | None,
+        *,
+        limit: int = 1 << 62,
+        on_full: str = "reject",
+        op_id: str | None = None,
+    ) -> tuple[MemoryOperation, str | None]:
+        """Insert one validated operation in its own committed transaction.
+
+        Returns the operation and the id of an operation evicted by ``drop_oldest``.
+        Raises QueueFull when the journal holds ``limit`` undelivered rows (nothing is
+        written) and JournalError when the write fails.
+        """
+        for _ in range(8):
+            if op_id is None:
+                new_id, seq = self.ids.next()
+            else:
+                new_id, seq = op_id, id_to_seq(op_id)
+            key = (priority.rank << RANK_SHIFT) | seq
+            op = MemoryOperation(
+                id=new_id,
+                category=category,
+                content=content,
+                metadata=metadata,
+                priority=priority,
+                tags=tags,
+                project=project,
+                created_at=(seq >> 8) / 1e6,
+            )
+            payload = encode_op(op)
+            row = (key, new_id, category, op.created_at, zlib.crc32(payload), payload)
+            try:
+                with self._wlock:
+                    w = self._conn(self._w)
+                    if self._depth_base + self._depth_delta < limit - max(1, limit // 10):
+                        w.execute(INSERT_OP, row)
+                        self._depth_delta += 1
+                        return op, None
+                    return op, self._append_exact(w, row, priority, limit, on_full)
+            except sqlite3.IntegrityError:
+                if op_id is not None:
+                    raise InvalidOperation("id", f"{op_id} is already in the journal") from None
+                continue  # another process took the same key in the same microsecond
+            except sqlite3.Error as exc:
+                raise JournalError(f"cannot append: {exc}", path=str(self.path)) from exc
+        raise JournalError("cannot append: key collisions persisted", path=str(self.path))
+
+    def _append_exact(
+        self, w: sqlite3.Connection, row: tuple[Any, ...], priority: Priority, limit: int, on_full: str
+    ) -> str | None:
+        w.execute("BEGIN IMMEDIATE")
+        try:
+            depth = w.execute("SELECT count(*) FROM ops").fetchone()[0]
+            dropped = None
+            if depth >= limit:
+                dropped = self._evict(w, priority) if on_full == "drop_oldest" else None
+                if dropped is None:
+                    raise QueueFull(depth, limit)
+                depth -= 1
+            w.execute(INSERT_OP, row)
+            w.execute("COMMIT")
+        except BaseException:
+            w.execute("ROLLBACK")
+            raise
+        self._depth_base, self._depth_delta = depth + 1, 0
+        return dropped
+
+    @staticmethod
+    def _evict(w: sqlite3.Connection, priority: Priority) -> str | None:
+        # The oldest pending row of the lowest priority, never above the new one's.
+        for rank in range(3, priority.rank - 1, -1):
+            row = w.execute(
+                "SELECT k, id FROM ops WHERE k >= ? AND k < ? AND state = 0 ORDER BY k LIMIT 1",
+                (rank << RANK_SHIFT, (rank + 1) << RANK_SHIFT),
+            ).fetchone()
+            if row is not None:
+                w.execute("DELETE FROM ops WHERE k = ?", (row[0],))
+                return str(row[1])
+        return None
+
+    def refresh_depth(self) -> int:
+        """Count undelivered rows exactly and reset the back-pressure estimate."""
+        with self._rlock:
+            n = int(self._conn(self._r).execute("SELECT count(*) FROM ops").fetchone()[0])
+        with self._wlock:
+            self._depth_base, self._depth_delta = n, 0
+        return n
+
+    # -- consumer ----------------------------------------------------------------
+
+    def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        with self._clock_c, self._wlock:
+            c = self._conn(self._c)
+            try:
+                c.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
+            try:
+                result = fn(c)
+                c.execute("COMMIT")
+                return result
+            except sqlite3.Error as exc:
+                c.execute("ROLLBACK")
+                raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+
+    def lease(self, n: int, *, category: str | None = None) -> tuple[list[LeasedOp], list[tuple[str, str]]]:
+        """Lease up to ``n`` ready rows in priority then FIFO order.
+
+        Rows whose checksum fails or that cannot be decoded are dead-lettered in the
+        same transaction and returned as ``(id, reason)`` pairs, never leased.
+        """
+        now = self.clock()
+        sql = LEASE_SELECT.format(extra="AND category = :cat" if category is not None else "")
+        params = {"now": now, "n": n, "cat": category}
+        until = now + self.config.lease_seconds
+
+        def txn(c: sqlite3.Connection) -> tuple[list[LeasedOp], list[tuple[str, str]]]:
+            good, bad = _decode_rows(c, "ops", c.execute(sql, params).fetchall())
+            c.executemany(
+                "UPDATE ops SET state = 1, lease_owner = ?, lease_until = ? WHERE k = ?",
+                [(self.owner, until, g.key) for g in good],
+            )
+            if bad:
+                _move_dead(c, [(k, r) for k, _, r in bad], now, table="ops", add_attempt=0)
+            return good, [(i, r) for _, i, r in bad]
+
+        return self._write(txn)  # type: ignore[no-any-return]
+
+    def lease_held(self, n: int) -> list[LeasedOp]:
+        """Lease rows a fallback holds, for reconciliation to the primary."""
+        now = self.clock()
+        until = now + self.config.lease_seconds
+
+        def txn(c: sqlite3.Connection) -> list[LeasedOp]:
+            good, bad = _decode_rows(c, "held", c.execute(LEASE_HELD, {"now": now, "n": n}).fetchall())
+            c.executemany(
+                "UPDATE held SET lease_owner = ?, lease_until = ? WHERE k = ?",
+                [(self.owner, until, g.key) for g in good],
+            )
+            if bad:  # the fallback already has these; a damaged copy here cannot be re-sent
+                c.executemany("DELETE FROM held WHERE k = ?", [(k,) for k, _, _ in bad])
+                for _, op_id, reason in bad:
+                    log.error("held operation %s cannot be reconciled: %s", op_id, reason)
+            return good
+
+        return self._write(txn)  # type: ignore[no-any-return]
+
+    def settle(self, s: Settlement) -> None:
+        """Apply a batch's outcomes in one transaction."""
+        now = self.clock()
+        keep = self.config.retention_seconds > 0
+
+        def txn(c: sqlite3.Connection) -> None:
+            if s.acked:
+                if keep:
+                    c.executemany(
+                        "INSERT OR IGNORE INTO done (k, delivered_at, id, category, created_at, crc, payload)"
+                        " SELECT k, ?, id, category, created_at, crc, payload FROM ops WHERE k = ?",
+                        [(now, k) for k in s.acked],
+                    )
+                c.executemany("DELETE FROM ops WHERE k = ?", [(k,) for k in s.acked])
+            if s.retry:
+                c.executemany(
+                    "UPDATE ops SET state = 0, attempts = attempts + 1, last_error = ?, not_before = ?,"
+                    " lease_owner = NULL, lease_until = NULL WHERE k = ? AND lease_owner = ?",
+                    [(err, nb, k, self.owner) for k, err, nb in s.retry],
+                )
+            if s.release:
+                c.executemany(
+                    "UPDATE ops SET state = 0, lease_owner = NULL, lease_until = NULL"
+                    " WHERE k = ? AND lease_owner = ?",
+                    [(k, self.owner) for k in s.release],
+                )
+            if s.dead:
+                _move_dead(c, s.dead, now, table="ops", add_attempt=1)
+            if s.held:
+                c.executemany(
+                    "INSERT OR IGNORE INTO held (k, holder, held_at, id, category, created_at, crc, payload)"
+                    " SELECT k, ?, ?, id, category, created_at, crc, payload FROM ops WHERE k = ?",
+                    [(holder, now, k) for k, holder in s.held],
+                )
+                c.executemany("DELETE FROM ops WHERE k = ?", [(k,) for k, _ in s.held])
+
+        self._write(txn)
+        removed = len(s.acked) + len(s.dead) + len(s.held)
+        if removed:
+            with self._wlock:
+                self._depth_delta -= removed
+
+    def settle_held(self, acked: Sequence[int], retry: Sequence[tuple[int, str, float]], release: Sequence[int]) -> None:
+        """Outcomes of reconciling held rows to the primary sink."""
+
+        def txn(c: sqlite3.Connection) -> None:
+            c.executemany("DELETE FROM held WHERE k = ?", [(k,) for k in acked])
+            c.executemany(
+                "UPDATE held SET attempts = attempts + 1, last_error = ?, not_before = ?,"
+                " lease_owner = NULL, lease_until = NULL WHERE k = ? AND lease_owner = ?",
+                [(err, nb, k, self.owner) for k, err, nb in retry],
+            )
+            c.executemany(
+                "UPDATE held SET lease_owner = NULL, lease_until = NULL WHERE k = ? AND lease_owner = ?",
+                [(k, self.owner) for k in release],
+            )
+
+        self._write(txn)
+
+    def recover(self) -> int:
+        """Return rows leased by processes that are gone (on this host) to pending."""
+
+        def txn(c: sqlite3.Connection) -> int:
+            n = 0
+            for table, reset in (("ops", "state = 0, "), ("held", "")):
+                owners = [r[0] for r in c.execute(f"SELECT DISTINCT lease_owner FROM {table} WHERE lease_owner IS NOT NULL")]
+                for owner in owners:
+                    if owner != self.owner and owner_is_gone(owner):
+                        cur = c.execute(
+                            f"UPDATE {table} SET {reset}lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?",
+                            (owner,),
+                        )
+                        n += cur.rowcount
+            return n
+
+        n: int = self._write(txn)
+        if n:
+            log.info("recovered %d operations leased by processes that are gone (journal %s)", n, self.path)
+        return n
+
+    def release_mine(self) -> int:
+        """Give back every lease this journal object holds (at shutdown)."""
+
+        def txn(c: sqlite3.Connection) -> int:
+            a = c.execute(
+                "UPDATE ops SET state = 0, lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?", (self.owner,)
+            ).rowcount
+            b = c.execute("UPDATE held SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?", (self.owner,)).rowcount
+            return int(a + b)
+
+        return int(self._write(txn))
+
+    def purge_done(self) -> int:
+        """Delete delivered rows kept past ``retention_seconds``."""
+        cutoff = self.clock() - self.config.retention_seconds
+        return int(self._write(lambda c: c.execute("DELETE FROM done WHERE delivered_at < ?", (cutoff,)).rowcount))
+
+    def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int, int]:
+        """Run a WAL checkpoint: (busy, wal frames, frames checkpointed)."""
+        with self._clock_c:
+            row = self._conn(self._c).execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        return int(row[0]), int(row[1]), int(row[2])
+
+    # -- reads -------------------------------------------------------------------
+
+    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        with self._rlock:
+            try:
+                return self._conn(self._r).execute(sql, tuple(params)).fetchall()
+            except sqlite3.Error as exc:
+                raise JournalError(f"cannot read: {exc}", path=str(self.path)) from exc
+
+    def counts(self) -> JournalCounts:
+        """Rows by state across every process using this journal."""
+        ops = dict(self._read("SELECT state, count(*) FROM ops GROUP BY state"))
+        (dead,), (done,), (held,) = (self._read(f"SELECT count(*) FROM {t}")[0] for t in ("dead", "done", "held"))
+        return JournalCounts(pending=ops.get(0, 0), leased=ops.get(1, 0), dead=dead, delivered=done, held=held)
+
+    def remaining_upto(self, seq: int) -> int:
+        """Undelivered rows whose sequence is at most ``seq`` (what a flush waits for)."""
+        sql = " + ".join(["(SELECT count(*) FROM ops WHERE k BETWEEN ? AND ?)"] * 4)
+        params: list[int] = []
+        for rank in range(4):
+            params += [rank << RANK_SHIFT, (rank << RANK_SHIFT) | (seq & SEQ_MASK)]
+        return int(self._read(f"SELECT {sql}", params)[0][0])
+
+    def oldest_pending(self) -> float | None:
+        """``created_at`` of the oldest undelivered operation, or None."""
+        row = self._read("SELECT min(created_at) FROM ops")[0]
+        return None if row[0] is None else float(row[0])
+
+    def find(self, op_id: str) -> MemoryOperation | None:
+        """The undelivered operation with this id, or None (read-your-writes)."""
+        try:
+            seq = id_to_seq(op_id)
+        except ValueError:
+            return None
+        keys = [(r << RANK_SHIFT) | seq for r in range(4)]
+        rows = self._read("SELECT crc, payload FROM ops WHERE k IN (?, ?, ?, ?)", keys)
+        for crc, payload in rows:
+            op, _ = _check_row(payload, crc)
+            if op is not None and op.id == op_id:
+                return op
+        return None
+
+    def dead_reason(self, op_id: str) -> str | None:
+        """Why the operation with this id was dead-lettered, or None if it was not."""
+        rows = self._read("SELECT reason FROM dead WHERE id = ?", (op_id,))
+        return str(rows[0][0]) if rows else None
+
+    def undelivered(self, *, category: str | None = None, limit: int = 1000) -> list[MemoryOperation]:
+        """Undelivered operations, newest first (merged into reads)."""
+        where, params = ("WHERE category = ?", [category]) if category else ("", [])
+        rows = self._read(f"SELECT crc, payload FROM ops {where} ORDER BY created_at DESC LIMIT ?", [*params, limit])
+        return [op for op in (_check_row(p, c)[0] for c, p in rows) if op is not None]
+
+
+def _check_row(payload: bytes, crc: int) -> tuple[MemoryOperation | None, str]:
+    if zlib.crc32(payload) != crc:
+        return None, "checksum mismatch: the payload is damaged"
+    try:
+        return decode_op(payload), ""
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return None, f"undecodable payload: {exc}"
+
+
+def _decode_rows(
+    c: sqlite3.Connection, table: str, rows: list[Any]
+) -> tuple[list[LeasedOp], list[tuple[int, str, str]]]:
+    good: list[LeasedOp] = []
+    bad: list[tuple[int, str, str]] = []
+    for key, attempts, crc, payload in rows:
+        op, reason = _check_row(payload, crc)
+        if op is None:
+            row = c.execute(f"SELECT id FROM {table} WHERE k = ?", (key,)).fetchone()
+            bad.append((key, str(row[0]) if row else str(key), reason))
+        else:
+            good.append(LeasedOp(key, op, attempts))
+    return good, bad
+
+
+def _move_dead(c: sqlite3.Connection, items: Sequence[tuple[int, str]], now: float, *, table: str, add_attempt: int) -> None:
+    c.executemany(
+        "INSERT OR REPLACE INTO dead (k, attempts, reason, dead_at, id, category, created_at, crc, payload)"
+        f" SELECT k, attempts + ?, ?, ?, id, category, created_at, crc, payload FROM {table} WHERE k = ?",
+        [(add_attempt, reason, now, k) for k, reason in items],
+    )
+    c.executemany(f"DELETE FROM {table} WHERE k = ?", [(k,) for k, _ in items])
+

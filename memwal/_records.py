@@ -1,0 +1,311 @@
+"""Operations and memories as msgspec Structs, their validation, ids and the journal codec.
+
+Stored records never forbid unknown fields and every new field gets a default, so a
+journal written by a newer memwal still decodes (schema evolution).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+import re
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
+
+from ._errors import InvalidOperation
+
+__all__ = [
+    "KNOWN_CATEGORIES",
+    "Memory",
+    "MemoryCategory",
+    "MemoryOperation",
+    "Priority",
+    "decode_op",
+    "encode_op",
+    "id_to_seq",
+    "IdGenerator",
+    "validate",
+]
+
+
+class MemoryCategory(str, enum.Enum):
+    """Every category the original framework's four vocabularies used.
+
+    Categories are plain lower-case strings; any string matching ``[a-z0-9_.-]{1,64}``
+    is accepted too, so these members are a convenience, not a limit.
+    """
+
+    AGENT = "agent"
+    ARCHITECTURE = "architecture"
+    BUG = "bug"
+    DECISION = "decision"
+    ERROR = "error"
+    FEEDBACK = "feedback"
+    FRAMEWORK = "framework"
+    INTEGRATION = "integration"
+    KNOWLEDGE = "knowledge"
+    OPERATION = "operation"
+    PATTERN = "pattern"
+    PERFORMANCE = "performance"
+    PROJECT = "project"
+    QA = "qa"
+    SYSTEM = "system"
+    TEAM = "team"
+    USER_FEEDBACK = "user_feedback"
+    WORKFLOW = "workflow"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Priority(str, enum.Enum):
+    """Delivery priority: the consumer leases higher priorities first, FIFO within one."""
+
+    CRITICAL = "critical"
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        """0 for critical ... 3 for low: the journal's lease order."""
+        return _RANK[self]
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_RANK = {Priority.CRITICAL: 0, Priority.HIGH: 1, Priority.MEDIUM: 2, Priority.LOW: 3}
+PRIORITY_BY_RANK = (Priority.CRITICAL, Priority.HIGH, Priority.MEDIUM, Priority.LOW)
+KNOWN_CATEGORIES = frozenset(c.value for c in MemoryCategory)
+_CUSTOM_CATEGORY = re.compile(r"[a-z0-9_.-]{1,64}")
+_URGENT = frozenset({"bug", "error"})
+MAX_TAGS = 64
+MAX_TAG_CHARS = 64
+MAX_PROJECT_CHARS = 256
+
+
+class MemoryOperation(msgspec.Struct, frozen=True, kw_only=True):
+    """One collected memory on its way to a sink.
+
+    Example:
+        >>> op = MemoryOperation(id="0190...", category="bug", content="NPE in parser")
+    """
+
+    id: str
+    category: str
+    content: str
+    metadata: dict[str, Any] = {}
+    priority: Priority = Priority.MEDIUM
+    tags: tuple[str, ...] = ()
+    project: str | None = None
+    created_at: float = 0.0
+
+
+class Memory(MemoryOperation, frozen=True, kw_only=True):
+    """A memory as a sink holds it: the operation plus when it was stored.
+
+    ``stored_at`` is 0.0 for an operation still in the journal (read-your-writes).
+    """
+
+    stored_at: float = 0.0
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(MemoryOperation)
+
+
+def encode_op(op: MemoryOperation) -> bytes:
+    """The journal payload of ``op`` (JSON, readable with the sqlite3 shell)."""
+    return _encoder.encode(op)
+
+
+def decode_op(payload: bytes) -> MemoryOperation:
+    """Decode a journal payload; raises ``msgspec.DecodeError`` or ``ValidationError``."""
+    return _decoder.decode(payload)
+
+
+# -- ids ---------------------------------------------------------------------------
+# An id is an RFC 9562 UUIDv7 whose top bits carry a 60-bit sequence number
+# (microseconds << 8 | 8 random bits). The journal's integer key is rank << 60 | seq,
+# so the one B-tree that stores the rows is already in lease order (priority, then
+# time) and an append touches only that tree. The seq is recoverable from the id.
+
+
+class IdGenerator:
+    """Time-ordered ids, strictly increasing within the process (thread-safe)."""
+
+    def __init__(self, clock: Any = time.time) -> None:
+        self._clock = clock
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> tuple[str, int]:
+        """Return ``(id, seq)`` for a new operation."""
+        with self._lock:
+            seq = (int(self._clock() * 1_000_000) << 8) | random.getrandbits(8)
+            if seq <= self._last:
+                seq = self._last + 1
+            self._last = seq
+        return seq_to_id(seq, random.getrandbits(56)), seq
+
+    @property
+    def last(self) -> int:
+        """The newest sequence handed out by this process (0 before the first)."""
+        return self._last
+
+
+def seq_to_id(seq: int, rnd56: int) -> str:
+    us, r8 = seq >> 8, seq & 0xFF
+    ms, sub = divmod(us, 1000)
+    n = (ms << 80) | (0x7 << 76) | (((sub << 2) | (r8 >> 6)) << 64)
+    n |= (0b10 << 62) | ((r8 & 0x3F) << 56) | rnd56
+    h = f"{n:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def id_to_seq(op_id: str) -> int:
+    """The sequence number inside a memwal id; ``ValueError`` if it is not one."""
+    h = op_id.replace("-", "") if isinstance(op_id, str) and len(op_id) == 36 else ""
+    try:
+        n = int(h, 16) if len(h) == 32 else -1
+    except ValueError:
+        n = -1
+    rand_a = (n >> 64) & 0xFFF
+    if n < 0 or (n >> 76) & 0xF != 7 or (n >> 62) & 0b11 != 0b10 or rand_a >> 2 >= 1000:
+        raise ValueError(f"not a memwal operation id: {op_id!r}")
+    us = (n >> 80) * 1000 + (rand_a >> 2)
+    return (us << 8) | ((rand_a & 3) << 6) | ((n >> 56) & 0x3F)
+
+
+# -- validation --------------------------------------------------------------------
+
+
+def normalise_category(category: object) -> str:
+    if isinstance(category, MemoryCategory):
+        return category.value
+    if not isinstance(category, str):
+        raise InvalidOperation("category", f"must be a str, got {type(category).__name__}")
+    c = category.lower()
+    if c in KNOWN_CATEGORIES or _CUSTOM_CATEGORY.fullmatch(c):
+        return c
+    raise InvalidOperation(
+        "category",
+        f"{category!r} is not a known category and does not match [a-z0-9_.-]{{1,64}}",
+    )
+
+
+def normalise_priority(priority: object, category: str) -> Priority:
+    if priority is None:
+        return Priority.HIGH if category in _URGENT else Priority.MEDIUM
+    if isinstance(priority, Priority):
+        return priority
+    if isinstance(priority, str):
+        try:
+            return Priority(priority.lower())
+        except ValueError:
+            pass
+    raise InvalidOperation(
+        "priority", f"{priority!r} is not one of critical, high, medium, low"
+    )
+
+
+def check_content(content: object, max_bytes: int) -> None:
+    if not isinstance(content, str):
+        raise InvalidOperation("content", f"must be a str, got {type(content).__name__}")
+    if not content or content.isspace():
+        raise InvalidOperation("content", "must not be empty")
+    # A str of n code points is at most 4n UTF-8 bytes: encode only near the limit.
+    if len(content) * 4 > max_bytes:
+        size = len(content.encode("utf-8", "surrogatepass"))
+        if size > max_bytes:
+            raise InvalidOperation(
+                "content", f"is {size} bytes in UTF-8, more than max_content_bytes {max_bytes}"
+            )
+
+
+_SCALARS = (str, bool, type(None))
+
+
+def check_json(value: object, path: str) -> None:
+    """Raise InvalidOperation unless ``value`` is plain JSON (finite numbers, str keys)."""
+    if isinstance(value, _SCALARS):
+        return
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**64:
+            raise InvalidOperation(path, f"integer {value} does not fit in 64 bits")
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidOperation(path, f"{value} is not a finite number")
+        return
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise InvalidOperation(f"{path}[{k!r}]", "keys must be str")
+            check_json(v, f"{path}.{k}")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_json(v, f"{path}[{i}]")
+        return
+    raise InvalidOperation(path, f"{type(value).__name__} is not JSON (use str, number, bool, None, list, dict)")
+
+
+def check_metadata(metadata: object) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise InvalidOperation("metadata", f"must be a mapping, got {type(metadata).__name__}")
+    check_json(metadata, "metadata")
+    return dict(metadata)
+
+
+def check_tags(tags: object) -> tuple[str, ...]:
+    if tags is None:
+        return ()
+    if isinstance(tags, (str, bytes)) or not isinstance(tags, (Sequence, set, frozenset)):
+        raise InvalidOperation("tags", f"must be a sequence of str, got {type(tags).__name__}")
+    out = tuple(tags)
+    if len(out) > MAX_TAGS:
+        raise InvalidOperation("tags", f"has {len(out)} tags, at most {MAX_TAGS} allowed")
+    for i, t in enumerate(out):
+        if not isinstance(t, str) or not t or len(t) > MAX_TAG_CHARS:
+            raise InvalidOperation(f"tags[{i}]", f"must be a non-empty str of at most {MAX_TAG_CHARS} characters, got {t!r}")
+    return out
+
+
+def check_project(project: object) -> str | None:
+    if project is None:
+        return None
+    if not isinstance(project, str) or not project or len(project) > MAX_PROJECT_CHARS:
+        raise InvalidOperation("project", f"must be None or a non-empty str of at most {MAX_PROJECT_CHARS} characters, got {project!r}")
+    return project
+
+
+def validate(
+    category: object,
+    content: object,
+    metadata: object,
+    priority: object,
+    tags: object,
+    project: object,
+    *,
+    max_content_bytes: int,
+) -> tuple[str, str, dict[str, Any], Priority, tuple[str, ...], str | None]:
+    """Check and normalise collect()'s arguments; raise InvalidOperation naming the field."""
+    cat = normalise_category(category)
+    check_content(content, max_content_bytes)
+    return (
+        cat,
+        content,  # type: ignore[return-value]  # checked above
+        check_metadata(metadata),
+        normalise_priority(priority, cat),
+        check_tags(tags),
+        check_project(project),
+    )

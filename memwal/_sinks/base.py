@@ -1,0 +1,97 @@
+"""The Sink base class and the per-operation DeliveryReport."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+from .._errors import SinkRejected, SinkUnavailable
+from .._records import Memory, MemoryOperation
+
+if TYPE_CHECKING:
+    from .._breaker import CircuitBreaker
+    from .._config import Config
+
+__all__ = ["DeliveryReport", "Sink"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DeliveryReport:
+    """Per-operation outcomes of one ``deliver`` call.
+
+    Ids absent from ``failed`` were delivered. ``failed`` maps an id to
+    SinkUnavailable (retry it) or SinkRejected (dead-letter it). ``held`` maps ids that
+    a fallback sink stored to that sink's name: they are reconciled to the primary later.
+
+    Example:
+        >>> DeliveryReport(failed={"0190...": SinkRejected("422 body too long")})
+    """
+
+    failed: Mapping[str, SinkUnavailable | SinkRejected] = dataclasses.field(default_factory=dict)
+    held: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+class Sink:
+    """The base class of memory backends.
+
+    ``deliver`` stores a batch. It returns None when every operation was stored, a
+    DeliveryReport when some failed, or raises SinkUnavailable (retry the whole batch)
+    or SinkRejected (dead-letter the whole batch). It must be idempotent on the
+    operation id: after a timeout the consumer sends the same operations again.
+
+    Example:
+        >>> class PrintSink(Sink):
+        ...     async def deliver(self, ops):
+        ...         for op in ops:
+        ...             print(op.id, op.content)
+    """
+
+    #: True when the sink keeps its own circuit breakers (FallbackSink).
+    manages_breakers = False
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def bind(self, config: Config, clock: Any) -> None:  # noqa: B027  (optional hook)
+        """Called once by the collector before the first delivery with its config and clock."""
+
+    async def deliver(self, ops: Sequence[MemoryOperation]) -> DeliveryReport | None:
+        raise NotImplementedError
+
+    def breakers(self) -> Sequence[CircuitBreaker]:
+        """The breakers this sink manages itself (empty unless ``manages_breakers``)."""
+        return ()
+
+    async def get(self, op_id: str) -> Memory | None:
+        """The memory stored for operation ``op_id``, or None."""
+        raise NotImplementedError(f"{self.name} cannot read memories back")
+
+    async def search(
+        self,
+        query: str,
+        *,
+        category: str | None = None,
+        tags: Sequence[str] | None = None,
+        project: str | None = None,
+        limit: int = 10,
+    ) -> list[Memory]:
+        """Memories matching ``query``, best first."""
+        raise NotImplementedError(f"{self.name} cannot search memories")
+
+    async def recent(self, category: str | None = None, *, limit: int = 20) -> list[Memory]:
+        """The newest memories, newest first."""
+        raise NotImplementedError(f"{self.name} cannot list memories")
+
+    async def aclose(self) -> None:  # noqa: B027  (optional hook)
+        """Release the sink's resources; closing twice is a no-op."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,158 @@
+"""FallbackSink: try sinks in order, each behind its own circuit breaker.
+
+Operations stored by a fallback are reported as ``held``; the consumer moves them to
+the journal's ``held`` table in the same transaction as the ack, and its reconciler
+sends them to the primary (``reconcile``) once the primary's breaker lets calls through.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+
+from .._breaker import CircuitBreaker
+from .._config import Config, CircuitBreakerConfig
+from .._errors import CircuitOpen, SinkRejected, SinkUnavailable
+from .._records import Memory, MemoryOperation
+from .base import DeliveryReport, Sink
+
+__all__ = ["FallbackSink"]
+
+log = logging.getLogger("memwal")
+
+
+class FallbackSink(Sink):
+    """A sink that is a chain of sinks: the primary first, then each fallback.
+
+    Example:
+        >>> sink = FallbackSink(Mem0Sink("http://127.0.0.1:8888", user_id="agent"),
+        ...                     SQLiteSink("memories.db"))
+    """
+
+    manages_breakers = True
+
+    def __init__(self, primary: Sink, *fallbacks: Sink) -> None:
+        if not fallbacks:
+            raise ValueError("FallbackSink needs at least one fallback sink")
+        self.sinks: tuple[Sink, ...] = (primary, *fallbacks)
+        self._timeout: float | None = None
+        self._make_breakers(CircuitBreakerConfig(), time.monotonic, None)
+
+    def _make_breakers(self, config: CircuitBreakerConfig, clock: Any, on_change: Any) -> None:
+        names = [s.name for s in self.sinks]
+        labels = [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
+        self._breakers = tuple(CircuitBreaker(lbl, config, clock=clock, on_change=on_change) for lbl in labels)
+
+    def __repr__(self) -> str:
+        return f"<FallbackSink {' -> '.join(b.name for b in self._breakers)}>"
+
+    @property
+    def name(self) -> str:
+        return "FallbackSink(" + ", ".join(s.name for s in self.sinks) + ")"
+
+    @property
+    def primary(self) -> Sink:
+        return self.sinks[0]
+
+    def bind(self, config: Config, clock: Any, on_change: Any = None) -> None:
+        self._make_breakers(config.circuit_breaker, clock, on_change)
+        self._timeout = config.performance.operation_timeout
+        for sink in self.sinks:
+            sink.bind(config, clock)
+
+    def breakers(self) -> Sequence[CircuitBreaker]:
+        return self._breakers
+
+    async def _call(self, i: int, ops: Sequence[MemoryOperation]) -> DeliveryReport | None:
+        if self._timeout is None:
+            return await self.sinks[i].deliver(ops)
+        with anyio.fail_after(self._timeout):
+            return await self.sinks[i].deliver(ops)
+
+    async def deliver(self, ops: Sequence[MemoryOperation]) -> DeliveryReport:
+        remaining = list(ops)
+        failed: dict[str, SinkUnavailable | SinkRejected] = {}
+        held: dict[str, str] = {}
+        last: SinkUnavailable | None = None
+        tried = False
+        for i, breaker in enumerate(self._breakers):
+            if not remaining:
+                break
+            if not breaker.allow():
+                continue
+            tried = True
+            try:
+                report = await self._call(i, remaining)
+            except SinkRejected as exc:
+                breaker.record_success()  # the sink answered; the operations are at fault
+                failed.update((op.id, exc) for op in remaining)
+                return DeliveryReport(failed=failed, held=held)
+            except Exception as exc:
+                breaker.record_failure()
+                last = exc if isinstance(exc, SinkUnavailable) else SinkUnavailable(f"{breaker.name}: {exc!r}")
+                if not isinstance(exc, SinkUnavailable | TimeoutError):
+                    log.warning("unexpected error from %s: %r", breaker.name, exc, exc_info=exc)
+                continue
+            errors = report.failed if report else {}
+            still: list[MemoryOperation] = []
+            for op in remaining:
+                err = errors.get(op.id)
+                if err is None:
+                    if i > 0:
+                        held[op.id] = breaker.name
+                        log.info("operation %s delivered to fallback %s", op.id, breaker.name)
+                elif isinstance(err, SinkRejected):
+                    failed[op.id] = err
+                else:
+                    still.append(op)
+                    last = err
+            if len(still) == len(remaining) and not failed:
+                breaker.record_failure()
+            else:
+                breaker.record_success()
+            remaining = still
+        if remaining and not tried:
+            wait = min(b.retry_in() for b in self._breakers)
+            raise CircuitOpen(f"every sink's circuit breaker is open ({self})", retry_after=wait)
+        for op in remaining:
+            failed[op.id] = last or CircuitOpen("no sink in the chain could take it")
+        return DeliveryReport(failed=failed, held=held)
+
+    async def reconcile(self, ops: Sequence[MemoryOperation]) -> DeliveryReport | None:
+        """Deliver held operations to the primary only, behind its breaker."""
+        breaker = self._breakers[0]
+        if not breaker.allow():
+            raise CircuitOpen(f"{breaker.name} circuit breaker is open", retry_after=breaker.retry_in())
+        try:
+            report = await self._call(0, ops)
+        except SinkRejected:
+            breaker.record_success()
+            raise
+        except Exception:
+            breaker.record_failure()
+            raise
+        breaker.record_success()
+        return report
+
+    def _readable(self) -> Sink:
+        for sink, breaker in zip(self.sinks, self._breakers, strict=True):
+            if breaker.state.value == "closed":
+                return sink
+        return self.sinks[-1]
+
+    async def get(self, op_id: str) -> Memory | None:
+        return await self._readable().get(op_id)
+
+    async def search(self, query: str, **kw: Any) -> list[Memory]:
+        return await self._readable().search(query, **kw)
+
+    async def recent(self, category: str | None = None, *, limit: int = 20) -> list[Memory]:
+        return await self._readable().recent(category, limit=limit)
+
+    async def aclose(self) -> None:
+        for sink in self.sinks:
+            await sink.aclose()

@@ -1,0 +1,215 @@
+"""SQLiteSink: the durable local memory store, with an FTS5 index kept in the same transaction."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import anyio
+import msgspec
+
+from .._errors import JournalError, SinkUnavailable
+from .._records import Memory, MemoryOperation, Priority
+from .base import Sink
+
+__all__ = ["SQLiteSink"]
+
+SCHEMA_VERSION = 1
+_DDL = (
+    """CREATE TABLE IF NOT EXISTS memories (
+        id TEXT PRIMARY KEY,
+        category TEXT NOT NULL,
+        content TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        priority TEXT NOT NULL,
+        tags TEXT NOT NULL,
+        project TEXT,
+        created_at REAL NOT NULL,
+        stored_at REAL NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS memories_created ON memories(created_at)",
+    "CREATE INDEX IF NOT EXISTS memories_category ON memories(category, created_at)",
+    """CREATE VIRTUAL TABLE IF NOT EXISTS memories_fts USING fts5(
+        content, tags, category UNINDEXED, content='memories', content_rowid='rowid')""",
+    """CREATE TRIGGER IF NOT EXISTS memories_ai AFTER INSERT ON memories BEGIN
+        INSERT INTO memories_fts(rowid, content, tags, category)
+        VALUES (new.rowid, new.content, new.tags, new.category); END""",
+)
+_COLUMNS = "id, category, content, metadata, priority, tags, project, created_at, stored_at"
+_enc = msgspec.json.Encoder()
+_meta = msgspec.json.Decoder(dict[str, Any])
+_tags = msgspec.json.Decoder(tuple[str, ...])
+
+
+def _row(r: sqlite3.Row | tuple[Any, ...]) -> Memory:
+    return Memory(
+        id=r[0],
+        category=r[1],
+        content=r[2],
+        metadata=_meta.decode(r[3]),
+        priority=Priority(r[4]),
+        tags=_tags.decode(r[5]),
+        project=r[6],
+        created_at=r[7],
+        stored_at=r[8],
+    )
+
+
+def _fts_query(query: str) -> str:
+    # Each word becomes a quoted FTS5 string, so user text never parses as syntax.
+    words = [w.replace('"', '""') for w in query.split()]
+    return " ".join(f'"{w}"' for w in words if w)
+
+
+class SQLiteSink(Sink):
+    """The durable memory store: one SQLite file, separate from the journal.
+
+    Stores each operation once (a redelivered id is ignored), one transaction per
+    batch. Usable on its own for reading.
+
+    Example:
+        >>> async with SQLiteSink("memories.db") as store:
+        ...     print(await store.count("bug"))
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._db: aiosqlite.Connection | None = None
+        self._closed = False
+        self._lock = anyio.Lock()  # one transaction at a time on the shared connection
+
+    def __repr__(self) -> str:
+        return f"<SQLiteSink {str(self.path)!r}>"
+
+    async def _conn(self) -> aiosqlite.Connection:
+        if self._closed:
+            raise SinkUnavailable(f"SQLiteSink {self.path} is closed")
+        if self._db is None:
+            async with self._lock:
+                if self._db is None:
+                    self._db = await self._open()
+        return self._db
+
+    async def _open(self) -> aiosqlite.Connection:
+        try:
+            db = await aiosqlite.connect(self.path, timeout=5.0, isolation_level=None)
+            try:
+                await self._setup(db)
+            except BaseException:
+                await db.close()
+                raise
+        except sqlite3.OperationalError as exc:
+            raise SinkUnavailable(f"cannot open memory store {self.path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"not a memwal memory store ({exc})", path=str(self.path)) from exc
+        return db
+
+    async def _setup(self, db: aiosqlite.Connection) -> None:
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        (version,) = await (await db.execute("PRAGMA user_version")).fetchone()  # type: ignore[misc]
+        if version > SCHEMA_VERSION:
+            raise JournalError(
+                f"memory store schema version {version} is newer than this memwal reads ({SCHEMA_VERSION})",
+                path=str(self.path),
+            )
+        await db.execute("BEGIN IMMEDIATE")
+        for stmt in _DDL:
+            await db.execute(stmt)
+        await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        await db.execute("COMMIT")
+
+    async def __aenter__(self) -> SQLiteSink:
+        await self._conn()
+        return self
+
+    async def deliver(self, ops: Sequence[MemoryOperation]) -> None:
+        db = await self._conn()
+        now = time.time()
+        rows = [
+            (op.id, op.category, op.content, _enc.encode(op.metadata), op.priority.value,
+             _enc.encode(op.tags), op.project, op.created_at, now)
+            for op in ops
+        ]
+        try:
+            async with self._lock:
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    await db.executemany(
+                        f"INSERT OR IGNORE INTO memories ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows
+                    )
+                    await db.execute("COMMIT")
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        await db.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            # busy, locked, disk full, I/O: all may pass; the consumer retries.
+            raise SinkUnavailable(f"memory store {self.path}: {exc}") from exc
+
+    async def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        db = await self._conn()
+        try:
+            return list(await db.execute_fetchall(sql, params))
+        except sqlite3.Error as exc:
+            raise SinkUnavailable(f"memory store {self.path}: {exc}") from exc
+
+    async def get(self, op_id: str) -> Memory | None:
+        rows = await self._query(f"SELECT {_COLUMNS} FROM memories WHERE id = ?", (op_id,))
+        return _row(rows[0]) if rows else None
+
+    async def count(self, category: str | None = None) -> int:
+        """How many memories are stored (of one category)."""
+        if category is None:
+            rows = await self._query("SELECT count(*) FROM memories")
+        else:
+            rows = await self._query("SELECT count(*) FROM memories WHERE category = ?", (category,))
+        return int(rows[0][0])
+
+    async def recent(self, category: str | None = None, *, limit: int = 100) -> list[Memory]:
+        if category is None:
+            sql, params = f"SELECT {_COLUMNS} FROM memories ORDER BY created_at DESC LIMIT ?", (limit,)
+        else:
+            sql = f"SELECT {_COLUMNS} FROM memories WHERE category = ? ORDER BY created_at DESC LIMIT ?"
+            params = (category, limit)  # type: ignore[assignment]
+        return [_row(r) for r in await self._query(sql, params)]
+
+    async def search(
+        self,
+        query: str,
+        *,
+        category: str | None = None,
+        tags: Sequence[str] | None = None,
+        project: str | None = None,
+        limit: int = 10,
+    ) -> list[Memory]:
+        """Full-text search ranked by bm25, filtered by category, tags and project."""
+        match = _fts_query(query)
+        if not match:
+            return []
+        where, params = ["memories_fts MATCH ?"], [match]
+        if category is not None:
+            where.append("m.category = ?")
+            params.append(category)
+        if project is not None:
+            where.append("m.project = ?")
+            params.append(project)
+        for tag in tags or ():
+            where.append("EXISTS (SELECT 1 FROM json_each(m.tags) WHERE value = ?)")
+            params.append(tag)
+        sql = (
+            f"SELECT {', '.join('m.' + c.strip() for c in _COLUMNS.split(','))} FROM memories_fts"
+            f" JOIN memories m ON m.rowid = memories_fts.rowid WHERE {' AND '.join(where)}"
+            " ORDER BY bm25(memories_fts) LIMIT ?"
+        )
+        return [_row(r) for r in await self._query(sql, [*params, limit])]
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.close()
