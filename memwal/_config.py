@@ -114,7 +114,7 @@ class JournalConfig(_Section):
     poll_interval: PositiveSeconds = 0.05
     shutdown_timeout: Seconds = 10.0
     max_content_bytes: PositiveInt = 1 << 20
-    checkpoint_pages: PositiveInt = 1000
+    checkpoint_pages: PositiveInt = 4000
 
 
 class FallbackConfig(_Section):
@@ -175,7 +175,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "high-throughput": {
         "async_collection": {"batch_size": 500, "max_batch_size": 2000, "adaptive_batching": True},
         "performance": {"max_concurrent_ops": 128},
-        "journal": {"checkpoint_pages": 4000},
+        "journal": {"checkpoint_pages": 16000},
     },
     "low-resource": {
         "async_collection": {"batch_size": 20, "max_queue_size": 20_000},

@@ -132,6 +132,9 @@ class Journal:
         # added since, minus what it removed. Exact counting happens near the limit.
         self._depth_base = 0
         self._depth_delta = 0
+        # Commits since the last checkpoint, this process's (a proxy for WAL pages).
+        self.commits = 0
+        self._checkpointed_at = 0
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._w else "unopened"
@@ -170,7 +173,6 @@ class Journal:
                 raise
         try:
             self._w = self._connect()
-            self._w.execute("PRAGMA wal_autocheckpoint=0")  # the consumer checkpoints
             self._r = self._connect()
             self._r.execute("PRAGMA query_only=1")
         except sqlite3.Error as exc:
@@ -211,6 +213,9 @@ class Journal:
             raise JournalError(f"cannot switch to WAL mode (got {mode})", path=str(self.path))
         sync = "FULL" if self.config.durability == "full" else "NORMAL"
         conn.execute(f"PRAGMA synchronous={sync}")
+        # No connection checkpoints inside its COMMIT (that would hold the writer lock
+        # through fsyncs); the consumer checkpoints on its own schedule.
+        conn.execute("PRAGMA wal_autocheckpoint=0")
         return conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
@@ -284,14 +289,15 @@ class Journal:
             try:
                 with self._wlock:
                     w = self._conn(self._w)
+                    if op_id is not None:
+                        return op, self._append_known_id(w, row, seq)
                     if self._depth_base + self._depth_delta < limit - max(1, limit // 10):
                         w.execute(INSERT_OP, row)
                         self._depth_delta += 1
+                        self.commits += 1
                         return op, None
                     return op, self._append_exact(w, row, priority, limit, on_full)
             except sqlite3.IntegrityError:
-                if op_id is not None:
-                    raise InvalidOperation("id", f"{op_id} is already in the journal") from None
                 continue  # another process took the same key in the same microsecond
             except sqlite3.Error as exc:
                 raise JournalError(f"cannot append: {exc}", path=str(self.path)) from exc
@@ -316,6 +322,22 @@ class Journal:
             raise
         self._depth_base, self._depth_delta = depth + 1, 0
         return dropped
+
+    def _append_known_id(self, w: sqlite3.Connection, row: tuple[Any, ...], seq: int) -> None:
+        # Imports keep their ids: refuse one present in any table under any priority.
+        keys = [(r << RANK_SHIFT) | seq for r in range(4)]
+        w.execute("BEGIN IMMEDIATE")
+        try:
+            for table in ("ops", "dead", "done", "held"):
+                if w.execute(f"SELECT 1 FROM {table} WHERE k IN (?, ?, ?, ?)", keys).fetchone():
+                    raise InvalidOperation("id", f"{row[1]} is already in the journal ({table})")
+            w.execute(INSERT_OP, row)
+            w.execute("COMMIT")
+        except BaseException:
+            w.execute("ROLLBACK")
+            raise
+        self._depth_delta += 1
+        return None
 
     @staticmethod
     def _evict(w: sqlite3.Connection, priority: Priority) -> str | None:
@@ -350,6 +372,7 @@ class Journal:
             try:
                 result = fn(c)
                 c.execute("COMMIT")
+                self.commits += 1
                 return result
             except sqlite3.Error as exc:
                 c.execute("ROLLBACK")
@@ -501,7 +524,21 @@ class Journal:
         """Run a WAL checkpoint: (busy, wal frames, frames checkpointed)."""
         with self._clock_c:
             row = self._conn(self._c).execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        self._checkpointed_at = self.commits
         return int(row[0]), int(row[1]), int(row[2])
+
+    def maybe_checkpoint(self, *, idle: bool) -> bool:
+        """Checkpoint when the WAL has grown by ``checkpoint_pages`` commits, or when idle.
+
+        After a completed checkpoint the next writer restarts the WAL and, with
+        synchronous=NORMAL, fsyncs its header: doing that rarely (or while nobody is
+        collecting) keeps the fsync off collect()'s tail latency.
+        """
+        since = self.commits - self._checkpointed_at
+        if since >= self.config.checkpoint_pages or (idle and since > 0):
+            self.checkpoint()
+            return True
+        return False
 
     # -- reads -------------------------------------------------------------------
 

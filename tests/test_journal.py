@@ -1,0 +1,279 @@
+"""The WAL journal (memwal/_journal.py): open errors, order, leases, settle, back-pressure."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from memwal import InvalidOperation, JournalError, Priority, QueueFull
+from memwal._journal import Journal, Settlement, owner_is_gone
+from memwal._schema import SCHEMA_VERSION
+from memwal.testing import ManualClock
+
+
+def add(j: Journal, content: str, priority: Priority = Priority.MEDIUM, category: str = "bug", **kw):
+    return j.append(category, content, {}, priority, (), None, **kw)[0]
+
+
+@pytest.fixture
+def journal(journal_path: Path):
+    j = Journal(journal_path, clock=ManualClock())
+    j.open()
+    yield j
+    j.close()
+
+
+class TestOpen:
+    def test_a_new_file_becomes_a_wal_journal(self, journal_path: Path) -> None:
+        j = Journal(journal_path)
+        j.open()
+        j.close()
+        con = sqlite3.connect(journal_path)
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+    def test_a_text_file_is_not_a_journal(self, journal_path: Path) -> None:
+        journal_path.write_text("hello, I am notes\n" * 100)
+        with pytest.raises(JournalError, match=rf"not a memwal journal .*\(journal {journal_path}\)"):
+            Journal(journal_path).open()
+
+    def test_another_apps_database_is_not_a_journal(self, journal_path: Path) -> None:
+        con = sqlite3.connect(journal_path)
+        con.execute("CREATE TABLE users (id INTEGER)")
+        con.commit()
+        con.close()
+        with pytest.raises(JournalError, match=r"not a memwal journal \(no memwal application_id\)"):
+            Journal(journal_path).open()
+
+    def test_a_newer_schema_is_refused(self, journal_path: Path) -> None:
+        Journal(journal_path).open()
+        con = sqlite3.connect(journal_path)
+        con.execute("PRAGMA user_version=99")
+        con.commit()
+        con.close()
+        with pytest.raises(JournalError, match=rf"schema version 99 is newer than this memwal reads \({SCHEMA_VERSION}\)"):
+            Journal(journal_path).open()
+
+    def test_a_corrupt_file_is_refused(self, journal_path: Path) -> None:
+        j = Journal(journal_path)
+        j.open()
+        for i in range(200):
+            add(j, f"op {i}" * 50)
+        j.close()
+        data = bytearray(journal_path.read_bytes())
+        data[100:4096] = os.urandom(4096 - 100)  # smash the header page's schema
+        journal_path.write_bytes(bytes(data))
+        with pytest.raises(JournalError, match=str(journal_path)):
+            Journal(journal_path).open()
+
+    def test_a_missing_directory_is_an_error(self, tmp_path: Path) -> None:
+        with pytest.raises(JournalError, match="the directory does not exist"):
+            Journal(tmp_path / "nope" / "j").open()
+
+    def test_closing_twice_is_a_no_op_and_append_after_close_fails(self, journal: Journal) -> None:
+        journal.close()
+        journal.close()
+        with pytest.raises(JournalError, match="journal is closed"):
+            add(journal, "late")
+
+
+def _open_in_child(path: str, n: int) -> None:
+    j = Journal(path)
+    j.open()
+    for i in range(n):
+        j.append("qa", f"{os.getpid()}-{i}", {}, Priority.LOW, (), None)
+    j.close()
+
+
+def test_many_processes_opening_one_new_journal_at_once_all_succeed(journal_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_open_in_child, args=(str(journal_path), 50)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 6
+    j = Journal(journal_path)
+    j.open()
+    assert j.counts().pending == 300
+    j.close()
+
+
+class TestOrderAndLeases:
+    def test_lease_takes_higher_priorities_first_then_fifo(self, journal: Journal) -> None:
+        ops = [
+            add(journal, "m1", Priority.MEDIUM), add(journal, "l1", Priority.LOW),
+            add(journal, "c1", Priority.CRITICAL), add(journal, "h1", Priority.HIGH),
+            add(journal, "m2", Priority.MEDIUM), add(journal, "c2", Priority.CRITICAL),
+        ]
+        leased, bad = journal.lease(10)
+        assert bad == []
+        assert [g.op.content for g in leased] == ["c1", "c2", "h1", "m1", "m2", "l1"]
+        assert {g.op.id for g in leased} == {o.id for o in ops}
+
+    def test_a_leased_row_is_not_leased_again_until_the_lease_expires(self, journal_path: Path) -> None:
+        clock = ManualClock()
+        a = Journal(journal_path, clock=clock)
+        b = Journal(journal_path, clock=clock)
+        a.open()
+        b.open()
+        add(a, "x")
+        assert len(a.lease(5)[0]) == 1
+        assert b.lease(5)[0] == []
+        clock.advance(a.config.lease_seconds + 1)
+        assert [g.op.content for g in b.lease(5)[0]] == ["x"]
+        a.close()
+        b.close()
+
+    def test_settle_acks_retries_dead_letters_and_releases(self, journal: Journal) -> None:
+        for c in "abcd":
+            add(journal, c)
+        leased = {g.op.content: g for g in journal.lease(10)[0]}
+        now = journal.clock()
+        journal.settle(Settlement(
+            acked=[leased["a"].key], retry=[(leased["b"].key, "boom", now + 5)],
+            dead=[(leased["c"].key, "rejected: 422")], release=[leased["d"].key],
+        ))
+        counts = journal.counts()
+        assert (counts.pending, counts.leased, counts.dead) == (2, 0, 1)
+        assert journal.find(leased["a"].op.id) is None
+        assert journal.dead_reason(leased["c"].op.id) == "rejected: 422"
+        # b waits for its backoff; d is ready at once with no attempt used
+        again = journal.lease(10)[0]
+        assert [(g.op.content, g.attempts) for g in again] == [("d", 0)]
+        journal.clock.advance(5)  # type: ignore[attr-defined]
+        assert [(g.op.content, g.attempts) for g in journal.lease(10)[0]] == [("b", 1)]
+
+    def test_retry_state_survives_reopening(self, journal_path: Path) -> None:
+        j = Journal(journal_path)
+        j.open()
+        add(j, "x")
+        g = j.lease(1)[0][0]
+        j.settle(Settlement(retry=[(g.key, "SinkUnavailable: down", 0.0)]))
+        j.close()
+        j2 = Journal(journal_path)
+        j2.open()
+        again = j2.lease(1)[0][0]
+        assert again.attempts == 1
+        row = j2._read("SELECT last_error FROM ops WHERE k = ?", (again.key,))[0]
+        assert row[0] == "SinkUnavailable: down"
+        j2.close()
+
+    def test_a_damaged_payload_is_dead_lettered_not_leased(self, journal: Journal) -> None:
+        good = add(journal, "good")
+        bad = add(journal, "bad")
+        with sqlite3.connect(journal.path) as con:
+            con.execute("UPDATE ops SET payload = CAST('{broken' AS BLOB) WHERE id = ?", (bad.id,))
+        leased, dead = journal.lease(10)
+        assert [g.op.id for g in leased] == [good.id]
+        assert dead == [(bad.id, "checksum mismatch: the payload is damaged")]
+        assert journal.dead_reason(bad.id) == "checksum mismatch: the payload is damaged"
+
+    def test_leases_of_a_process_that_is_gone_are_recovered_at_once(self, journal: Journal) -> None:
+        add(journal, "x")
+        proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        dead_owner = f"{os.uname().nodename}:{proc.stdout.strip()}:abcd"
+        assert owner_is_gone(dead_owner)
+        with sqlite3.connect(journal.path) as con:
+            con.execute("UPDATE ops SET state = 1, lease_owner = ?, lease_until = 1e12", (dead_owner,))
+        assert journal.lease(5)[0] == []
+        assert journal.recover() == 1
+        assert len(journal.lease(5)[0]) == 1
+
+    def test_a_live_owner_is_not_considered_gone(self) -> None:
+        assert not owner_is_gone(f"{os.uname().nodename}:{os.getpid()}:x")
+        assert not owner_is_gone(f"other-host:{os.getpid() + 10**6}:x")
+
+
+class TestFind:
+    def test_find_returns_undelivered_ops_only(self, journal: Journal) -> None:
+        op = add(journal, "x", Priority.LOW)
+        assert journal.find(op.id) == op
+        g = journal.lease(1)[0][0]
+        assert journal.find(op.id) == op  # leased is still undelivered
+        journal.settle(Settlement(acked=[g.key]))
+        assert journal.find(op.id) is None
+        assert journal.find("not-an-id") is None
+
+    def test_an_id_already_present_cannot_be_appended_again(self, journal: Journal) -> None:
+        op = add(journal, "x")
+        for prio in Priority:
+            with pytest.raises(InvalidOperation, match=rf"id: {op.id} is already in the journal \(ops\)"):
+                journal.append("bug", "y", {}, prio, (), None, op_id=op.id)
+        assert journal.counts().pending == 1
+
+    def test_an_imported_id_keeps_its_id_and_order(self, journal: Journal) -> None:
+        other = Journal(journal.path.with_name("other.journal"))
+        other.open()
+        op = add(other, "from elsewhere", Priority.LOW)
+        other.close()
+        got, _ = journal.append("bug", op.content, {}, Priority.LOW, (), None, op_id=op.id)
+        assert got.id == op.id and journal.find(op.id) is not None
+
+
+class TestBackPressure:
+    def test_reject_raises_queue_full_and_writes_nothing(self, journal: Journal) -> None:
+        for i in range(5):
+            add(journal, str(i), limit=5)
+        with pytest.raises(QueueFull, match="journal holds 5 undelivered operations, limit is 5"):
+            add(journal, "one too many", limit=5)
+        assert journal.counts().pending == 5
+
+    def test_the_bound_counts_rows_of_other_processes_as_of_the_last_refresh(self, journal_path: Path) -> None:
+        """Each process refreshes its count of the shared journal (the consumer does it every second)."""
+        a, b = Journal(journal_path), Journal(journal_path)
+        a.open()
+        b.open()
+        for i in range(5):
+            add(b, str(i))
+        a.refresh_depth()
+        with pytest.raises(QueueFull):
+            add(a, "x", limit=5)
+        a.close()
+        b.close()
+
+    def test_drop_oldest_evicts_the_oldest_of_the_lowest_priority(self, journal: Journal) -> None:
+        low1 = add(journal, "low1", Priority.LOW, limit=4)
+        add(journal, "low2", Priority.LOW, limit=4)
+        add(journal, "med", Priority.MEDIUM, limit=4)
+        add(journal, "high", Priority.HIGH, limit=4)
+        op, dropped = journal.append("bug", "new", {}, Priority.HIGH, (), None, limit=4, on_full="drop_oldest")
+        assert dropped == low1.id
+        assert journal.find(low1.id) is None and journal.find(op.id) == op
+        assert journal.counts().pending == 4
+
+    def test_drop_oldest_never_evicts_a_higher_priority(self, journal: Journal) -> None:
+        add(journal, "c", Priority.CRITICAL, limit=2)
+        add(journal, "h", Priority.HIGH, limit=2)
+        with pytest.raises(QueueFull):
+            journal.append("bug", "new", {}, Priority.LOW, (), None, limit=2, on_full="drop_oldest")
+        assert journal.counts().pending == 2
+
+
+class TestJournalErrors:
+    def test_disk_full_raises_journal_error_and_nothing_is_collected(self, journal: Journal) -> None:
+        assert journal._w is not None
+        pages = journal._w.execute("PRAGMA page_count").fetchone()[0]
+        journal._w.execute(f"PRAGMA max_page_count={pages}")
+        with pytest.raises(JournalError, match=r"cannot append: database or disk is full"):
+            for i in range(10_000):
+                add(journal, f"{i}" * 500)
+        n = journal.counts().pending
+        journal._w.execute("PRAGMA max_page_count=1073741823")
+        assert journal.counts().pending == n  # the failed append left nothing behind
+
+    def test_a_read_only_journal_raises_journal_error(self, journal_path: Path) -> None:
+        Journal(journal_path).open()
+        j = Journal(journal_path)
+        j.open()
+        assert j._w is not None
+        j._w.execute("PRAGMA query_only=1")  # the write connection refuses writes, as on a read-only file
+        with pytest.raises(JournalError, match="cannot append: attempt to write a readonly database"):
+            add(j, "x")
+        j.close()

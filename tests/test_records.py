@@ -1,0 +1,201 @@
+"""Operations, validation and ids (memwal/_records.py)."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from memwal import InvalidOperation, MemoryCategory, MemoryOperation, Priority
+from memwal._records import (
+    KNOWN_CATEGORIES,
+    IdGenerator,
+    decode_op,
+    encode_op,
+    id_to_seq,
+    seq_to_id,
+    validate,
+)
+
+MAX = 1 << 20
+
+
+def check(category="bug", content="text", metadata=None, priority=None, tags=(), project=None, max_bytes=MAX):
+    return validate(category, content, metadata, priority, tags, project, max_content_bytes=max_bytes)
+
+
+class TestCategories:
+    def test_every_vocabulary_of_the_original_framework_is_known(self) -> None:
+        """All four Claude PM category enums' values are accepted as they are."""
+        vocabularies = {
+            "project", "pattern", "team", "error", "bug", "user_feedback", "system", "framework", "qa",
+            "integration", "performance", "feedback", "architecture", "operation", "agent", "workflow",
+            "decision", "knowledge",
+        }
+        assert vocabularies == KNOWN_CATEGORIES
+        for c in vocabularies:
+            assert check(category=c)[0] == c
+
+    def test_categories_are_normalised_to_lower_case(self) -> None:
+        assert check(category="User_Feedback")[0] == "user_feedback"
+        assert check(category=MemoryCategory.QA)[0] == "qa"
+
+    def test_custom_category_matching_the_pattern_is_kept(self) -> None:
+        assert check(category="deploy.rollback-v2")[0] == "deploy.rollback-v2"
+
+    @pytest.mark.parametrize("bad", ["has space", "", "x" * 65, "émoji", "semi;colon"])
+    def test_unknown_category_is_an_error_never_a_default(self, bad: str) -> None:
+        with pytest.raises(InvalidOperation, match=r"^category: .* is not a known category"):
+            check(category=bad)
+
+    def test_category_must_be_a_string(self) -> None:
+        with pytest.raises(InvalidOperation, match="category: must be a str, got int"):
+            check(category=3)
+
+
+class TestPriority:
+    def test_default_is_high_for_bug_and_error_medium_otherwise(self) -> None:
+        assert check(category="bug")[3] is Priority.HIGH
+        assert check(category="error")[3] is Priority.HIGH
+        assert check(category="feedback")[3] is Priority.MEDIUM
+
+    def test_priority_accepts_enum_and_any_case(self) -> None:
+        assert check(priority="CRITICAL")[3] is Priority.CRITICAL
+        assert check(priority=Priority.LOW)[3] is Priority.LOW
+
+    @pytest.mark.parametrize("bad", ["urgent", 1, ""])
+    def test_unknown_priority_is_an_error(self, bad: object) -> None:
+        with pytest.raises(InvalidOperation, match="priority: .* is not one of critical, high, medium, low"):
+            check(priority=bad)
+
+    def test_ranks_order_critical_first(self) -> None:
+        assert [p.rank for p in (Priority.CRITICAL, Priority.HIGH, Priority.MEDIUM, Priority.LOW)] == [0, 1, 2, 3]
+
+
+class TestContent:
+    @pytest.mark.parametrize("bad", ["", "   \n\t"])
+    def test_empty_content_is_an_error(self, bad: str) -> None:
+        with pytest.raises(InvalidOperation, match="content: must not be empty"):
+            check(content=bad)
+
+    def test_content_must_be_str(self) -> None:
+        with pytest.raises(InvalidOperation, match="content: must be a str, got bytes"):
+            check(content=b"x")
+
+    def test_content_limit_counts_utf8_bytes(self) -> None:
+        check(content="é" * 50, max_bytes=100)  # 100 bytes: at the limit
+        with pytest.raises(InvalidOperation, match="content: is 102 bytes in UTF-8, more than max_content_bytes 100"):
+            check(content="é" * 51, max_bytes=100)
+
+
+class TestMetadata:
+    def test_plain_json_metadata_is_accepted_and_copied(self) -> None:
+        md = {"a": 1, "b": [1.5, None, True, {"c": "d"}]}
+        out = check(metadata=md)[2]
+        assert out == md and out is not md
+
+    @pytest.mark.parametrize(
+        ("md", "message"),
+        [
+            ({"s": {1, 2}}, r"metadata\.s: set is not JSON"),
+            ({"o": object()}, r"metadata\.o: object is not JSON"),
+            ({"n": math.nan}, r"metadata\.n: nan is not a finite number"),
+            ({"x": {"deep": [1, math.inf]}}, r"metadata\.x\.deep\[1\]: inf is not a finite number"),
+            ({1: "v"}, r"metadata\[1\]: keys must be str"),
+            ({"big": 2**70}, r"metadata\.big: integer .* does not fit in 64 bits"),
+        ],
+    )
+    def test_non_json_metadata_names_the_key_path(self, md: dict, message: str) -> None:
+        with pytest.raises(InvalidOperation, match=message):
+            check(metadata=md)
+
+    def test_metadata_must_be_a_mapping(self) -> None:
+        with pytest.raises(InvalidOperation, match="metadata: must be a mapping, got list"):
+            check(metadata=[("a", 1)])
+
+
+class TestTagsAndProject:
+    def test_tags_become_a_tuple(self) -> None:
+        assert check(tags=["a", "b"])[4] == ("a", "b")
+
+    @pytest.mark.parametrize(
+        ("tags", "message"),
+        [
+            ("abc", "tags: must be a sequence of str, got str"),
+            (["ok", ""], r"tags\[1\]: must be a non-empty str"),
+            (["x" * 65], r"tags\[0\]: must be a non-empty str of at most 64"),
+            ([1], r"tags\[0\]: must be a non-empty str"),
+            (["t"] * 65, "tags: has 65 tags, at most 64 allowed"),
+        ],
+    )
+    def test_bad_tags_are_errors(self, tags: object, message: str) -> None:
+        with pytest.raises(InvalidOperation, match=message):
+            check(tags=tags)
+
+    def test_bad_project_is_an_error(self) -> None:
+        with pytest.raises(InvalidOperation, match="project: must be None or a non-empty str"):
+            check(project="")
+
+    def test_invalid_operation_is_a_value_error(self) -> None:
+        with pytest.raises(ValueError):
+            check(category="no such category!")
+
+
+class TestIds:
+    def test_ids_are_strictly_increasing_and_unique_across_threads(self) -> None:
+        gen = IdGenerator()
+        out: list[list[tuple[str, int]]] = [[] for _ in range(4)]
+
+        def work(i: int) -> None:
+            out[i].extend(gen.next() for _ in range(2000))
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for part in out:
+            seqs = [s for _, s in part]
+            assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+        all_ids = [i for part in out for i, _ in part]
+        assert len(set(all_ids)) == len(all_ids)
+
+    def test_ids_sort_like_their_sequence(self) -> None:
+        gen = IdGenerator()
+        pairs = [gen.next() for _ in range(500)]
+        assert sorted(pairs) == sorted(pairs, key=lambda p: p[1])
+
+    def test_ids_are_uuid_v7(self) -> None:
+        import uuid
+
+        op_id, _ = IdGenerator().next()
+        u = uuid.UUID(op_id)
+        assert u.version == 7 and u.variant == uuid.RFC_4122
+
+    @given(st.integers(min_value=0, max_value=(1 << 60) - 1), st.integers(min_value=0, max_value=(1 << 56) - 1))
+    def test_the_sequence_is_recoverable_from_the_id(self, seq: int, rnd: int) -> None:
+        assert id_to_seq(seq_to_id(seq, rnd)) == seq
+
+    @pytest.mark.parametrize("bad", ["", "not-an-id", "00000000-0000-4000-8000-000000000000", 5])
+    def test_foreign_ids_are_rejected(self, bad: object) -> None:
+        with pytest.raises(ValueError, match="not a memwal operation id"):
+            id_to_seq(bad)  # type: ignore[arg-type]
+
+
+class TestCodec:
+    def test_round_trip(self) -> None:
+        op = MemoryOperation(id="a", category="bug", content="c", metadata={"k": [1]}, priority=Priority.LOW,
+                             tags=("t",), project="p", created_at=1.5)
+        assert decode_op(encode_op(op)) == op
+
+    def test_unknown_fields_from_a_newer_writer_are_ignored(self) -> None:
+        payload = b'{"id":"a","category":"bug","content":"c","added_in_v9":{"x":1}}'
+        assert decode_op(payload).content == "c"
+
+    def test_a_payload_missing_required_fields_fails_to_decode(self) -> None:
+        with pytest.raises(msgspec.ValidationError):
+            decode_op(b'{"id":"a"}')
