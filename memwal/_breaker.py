@@ -22,7 +22,7 @@ __all__ = ["BreakerState", "BreakerStats", "CircuitBreaker"]
 log = logging.getLogger("memwal")
 
 
-class BreakerState(str, enum.Enum):
+class BreakerState(enum.StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"

@@ -37,11 +37,7 @@ PositiveSeconds = Annotated[float, Meta(gt=0)]
 PositiveInt = Annotated[int, Meta(ge=1)]
 
 
-class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    pass
-
-
-class AsyncCollectionConfig(_Section):
+class AsyncCollectionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The original framework's ``async_collection`` section, plus back-pressure.
 
     ``batch_timeout`` is the longest an operation waits for its batch to fill; the
@@ -74,7 +70,7 @@ class AsyncCollectionConfig(_Section):
             )
 
 
-class CacheConfig(_Section):
+class CacheConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The read cache (LRU with TTL); ``max_bytes`` optionally bounds its footprint."""
 
     enabled: bool = True
@@ -83,7 +79,7 @@ class CacheConfig(_Section):
     max_bytes: PositiveInt | None = None
 
 
-class PerformanceConfig(_Section):
+class PerformanceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Timeouts and concurrency of sink calls, and the health-check period."""
 
     operation_timeout: PositiveSeconds = 15.0
@@ -91,7 +87,7 @@ class PerformanceConfig(_Section):
     health_check_interval: PositiveSeconds = 60.0
 
 
-class CircuitBreakerConfig(_Section):
+class CircuitBreakerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One breaker per sink; defaults are the original framework's."""
 
     failure_threshold: PositiveInt = 5
@@ -100,7 +96,7 @@ class CircuitBreakerConfig(_Section):
     success_threshold: PositiveInt = 2
 
 
-class JournalConfig(_Section):
+class JournalConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """memwal's own settings for the journal file.
 
     ``durability``: ``normal`` survives any crash of the process; ``full`` also
@@ -117,14 +113,14 @@ class JournalConfig(_Section):
     checkpoint_pages: PositiveInt = 4000
 
 
-class FallbackConfig(_Section):
+class FallbackConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Re-sending operations held by a fallback sink to the primary once it recovers."""
 
     reconcile: bool = True
     reconcile_rate: Annotated[float, Meta(gt=0)] = 50.0
 
 
-class HealthConfig(_Section):
+class HealthConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Thresholds that move health() from ok to degraded or failing and fire alerts."""
 
     max_pending_age: PositiveSeconds = 300.0
@@ -185,9 +181,9 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 _SECTIONS = tuple(Config.__struct_fields__)
-_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
 _UNKNOWN = re.compile(r"Object contains unknown field `(?P<key>[^`]+)`")
-_FIELD = re.compile(r"^(?P<key>[a-z_]+): (?P<msg>.*)$", re.S)  # from __post_init__
+_FIELD = re.compile(r"^(?P<key>[a-z_]+): (?P<msg>.*)$", re.DOTALL)  # from __post_init__
 
 
 def _translate(exc: msgspec.ValidationError, root: str) -> ConfigError:

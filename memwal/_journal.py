@@ -9,6 +9,7 @@ of sleeping in SQLite's busy handler; other processes are ordered by SQLite's lo
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -35,6 +36,8 @@ from ._records import (
 from ._schema import (
     APPLICATION_ID,
     INSERT_OP,
+    LEASE_CLAIM_HELD,
+    LEASE_CLAIM_OPS,
     LEASE_HELD,
     LEASE_SELECT,
     MIGRATIONS,
@@ -290,7 +293,8 @@ class Journal:
                 with self._wlock:
                     w = self._conn(self._w)
                     if op_id is not None:
-                        return op, self._append_known_id(w, row, seq)
+                        self._append_known_id(w, row, seq)
+                        return op, None
                     if self._depth_base + self._depth_delta < limit - max(1, limit // 10):
                         w.execute(INSERT_OP, row)
                         self._depth_delta += 1
@@ -337,7 +341,6 @@ class Journal:
             w.execute("ROLLBACK")
             raise
         self._depth_delta += 1
-        return None
 
     @staticmethod
     def _evict(w: sqlite3.Connection, priority: Priority) -> str | None:
@@ -384,44 +387,58 @@ class Journal:
     def lease(self, n: int, *, category: str | None = None) -> tuple[list[LeasedOp], list[tuple[str, str]]]:
         """Lease up to ``n`` ready rows in priority then FIFO order.
 
-        Rows whose checksum fails or that cannot be decoded are dead-lettered in the
-        same transaction and returned as ``(id, reason)`` pairs, never leased.
+        The scan for ready rows is a snapshot read; only the claim (an UPDATE by
+        primary key that re-checks readiness) holds the write lock, so a long scan
+        never stalls collect(). Rows whose checksum fails or that cannot be decoded
+        are dead-lettered and returned as ``(id, reason)`` pairs, never leased.
         """
         now = self.clock()
         sql = LEASE_SELECT.format(extra="AND category = :cat" if category is not None else "")
-        params = {"now": now, "n": n, "cat": category}
-        until = now + self.config.lease_seconds
+        with self._clock_c:
+            try:
+                rows = self._conn(self._c).execute(sql, {"now": now, "n": n, "cat": category}).fetchall()
+            except sqlite3.Error as exc:
+                raise JournalError(f"cannot read: {exc}", path=str(self.path)) from exc
+        if not rows:
+            return [], []
+        good, bad = _decode_rows(rows)
+        keys = json.dumps([g.key for g in good])
 
-        def txn(c: sqlite3.Connection) -> tuple[list[LeasedOp], list[tuple[str, str]]]:
-            good, bad = _decode_rows(c, "ops", c.execute(sql, params).fetchall())
-            c.executemany(
-                "UPDATE ops SET state = 1, lease_owner = ?, lease_until = ? WHERE k = ?",
-                [(self.owner, until, g.key) for g in good],
-            )
+        def txn(c: sqlite3.Connection) -> set[int]:
+            claimed = {
+                r[0]
+                for r in c.execute(LEASE_CLAIM_OPS, (self.owner, now + self.config.lease_seconds, keys, now))
+            }
             if bad:
                 _move_dead(c, [(k, r) for k, _, r in bad], now, table="ops", add_attempt=0)
-            return good, [(i, r) for _, i, r in bad]
+            return claimed
 
-        return self._write(txn)  # type: ignore[no-any-return]
+        claimed = self._write(txn)
+        return [g for g in good if g.key in claimed], [(i, r) for _, i, r in bad]
 
     def lease_held(self, n: int) -> list[LeasedOp]:
         """Lease rows a fallback holds, for reconciliation to the primary."""
         now = self.clock()
-        until = now + self.config.lease_seconds
+        with self._clock_c:
+            rows = self._conn(self._c).execute(LEASE_HELD, {"now": now, "n": n}).fetchall()
+        if not rows:
+            return []
+        good, bad = _decode_rows(rows)
+        keys = json.dumps([g.key for g in good])
 
-        def txn(c: sqlite3.Connection) -> list[LeasedOp]:
-            good, bad = _decode_rows(c, "held", c.execute(LEASE_HELD, {"now": now, "n": n}).fetchall())
-            c.executemany(
-                "UPDATE held SET lease_owner = ?, lease_until = ? WHERE k = ?",
-                [(self.owner, until, g.key) for g in good],
-            )
+        def txn(c: sqlite3.Connection) -> set[int]:
+            claimed = {
+                r[0]
+                for r in c.execute(LEASE_CLAIM_HELD, (self.owner, now + self.config.lease_seconds, keys, now))
+            }
             if bad:  # the fallback already has these; a damaged copy here cannot be re-sent
                 c.executemany("DELETE FROM held WHERE k = ?", [(k,) for k, _, _ in bad])
-                for _, op_id, reason in bad:
-                    log.error("held operation %s cannot be reconciled: %s", op_id, reason)
-            return good
+            return claimed
 
-        return self._write(txn)  # type: ignore[no-any-return]
+        claimed = self._write(txn)
+        for _, op_id, reason in bad:
+            log.error("held operation %s cannot be reconciled: %s", op_id, reason)
+        return [g for g in good if g.key in claimed]
 
     def settle(self, s: Settlement) -> None:
         """Apply a batch's outcomes in one transaction."""
@@ -465,7 +482,9 @@ class Journal:
             with self._wlock:
                 self._depth_delta -= removed
 
-    def settle_held(self, acked: Sequence[int], retry: Sequence[tuple[int, str, float]], release: Sequence[int]) -> None:
+    def settle_held(
+        self, acked: Sequence[int], retry: Sequence[tuple[int, str, float]], release: Sequence[int]
+    ) -> None:
         """Outcomes of reconciling held rows to the primary sink."""
 
         def txn(c: sqlite3.Connection) -> None:
@@ -488,7 +507,12 @@ class Journal:
         def txn(c: sqlite3.Connection) -> int:
             n = 0
             for table, reset in (("ops", "state = 0, "), ("held", "")):
-                owners = [r[0] for r in c.execute(f"SELECT DISTINCT lease_owner FROM {table} WHERE lease_owner IS NOT NULL")]
+                owners = [
+                    r[0]
+                    for r in c.execute(
+                        f"SELECT DISTINCT lease_owner FROM {table} WHERE lease_owner IS NOT NULL"
+                    )
+                ]
                 for owner in owners:
                     if owner != self.owner and owner_is_gone(owner):
                         cur = c.execute(
@@ -508,9 +532,12 @@ class Journal:
 
         def txn(c: sqlite3.Connection) -> int:
             a = c.execute(
-                "UPDATE ops SET state = 0, lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?", (self.owner,)
+                "UPDATE ops SET state = 0, lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?",
+                (self.owner,),
             ).rowcount
-            b = c.execute("UPDATE held SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?", (self.owner,)).rowcount
+            b = c.execute(
+                "UPDATE held SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?", (self.owner,)
+            ).rowcount
             return int(a + b)
 
         return int(self._write(txn))
@@ -518,7 +545,9 @@ class Journal:
     def purge_done(self) -> int:
         """Delete delivered rows kept past ``retention_seconds``."""
         cutoff = self.clock() - self.config.retention_seconds
-        return int(self._write(lambda c: c.execute("DELETE FROM done WHERE delivered_at < ?", (cutoff,)).rowcount))
+        return int(
+            self._write(lambda c: c.execute("DELETE FROM done WHERE delivered_at < ?", (cutoff,)).rowcount)
+        )
 
     def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int, int]:
         """Run a WAL checkpoint: (busy, wal frames, frames checkpointed)."""
@@ -552,8 +581,12 @@ class Journal:
     def counts(self) -> JournalCounts:
         """Rows by state across every process using this journal."""
         ops = dict(self._read("SELECT state, count(*) FROM ops GROUP BY state"))
-        (dead,), (done,), (held,) = (self._read(f"SELECT count(*) FROM {t}")[0] for t in ("dead", "done", "held"))
-        return JournalCounts(pending=ops.get(0, 0), leased=ops.get(1, 0), dead=dead, delivered=done, held=held)
+        (dead,), (done,), (held,) = (
+            self._read(f"SELECT count(*) FROM {t}")[0] for t in ("dead", "done", "held")
+        )
+        return JournalCounts(
+            pending=ops.get(0, 0), leased=ops.get(1, 0), dead=dead, delivered=done, held=held
+        )
 
     def remaining_upto(self, seq: int) -> int:
         """Undelivered rows whose sequence is at most ``seq`` (what a flush waits for)."""
@@ -590,7 +623,9 @@ class Journal:
     def undelivered(self, *, category: str | None = None, limit: int = 1000) -> list[MemoryOperation]:
         """Undelivered operations, newest first (merged into reads)."""
         where, params = ("WHERE category = ?", [category]) if category else ("", [])
-        rows = self._read(f"SELECT crc, payload FROM ops {where} ORDER BY created_at DESC LIMIT ?", [*params, limit])
+        rows = self._read(
+            f"SELECT crc, payload FROM ops {where} ORDER BY created_at DESC LIMIT ?", [*params, limit]
+        )
         return [op for op in (_check_row(p, c)[0] for c, p in rows) if op is not None]
 
 
@@ -603,26 +638,24 @@ def _check_row(payload: bytes, crc: int) -> tuple[MemoryOperation | None, str]:
         return None, f"undecodable payload: {exc}"
 
 
-def _decode_rows(
-    c: sqlite3.Connection, table: str, rows: list[Any]
-) -> tuple[list[LeasedOp], list[tuple[int, str, str]]]:
+def _decode_rows(rows: list[Any]) -> tuple[list[LeasedOp], list[tuple[int, str, str]]]:
     good: list[LeasedOp] = []
     bad: list[tuple[int, str, str]] = []
-    for key, attempts, crc, payload in rows:
+    for key, op_id, attempts, crc, payload in rows:
         op, reason = _check_row(payload, crc)
         if op is None:
-            row = c.execute(f"SELECT id FROM {table} WHERE k = ?", (key,)).fetchone()
-            bad.append((key, str(row[0]) if row else str(key), reason))
+            bad.append((key, op_id, reason))
         else:
             good.append(LeasedOp(key, op, attempts))
     return good, bad
 
 
-def _move_dead(c: sqlite3.Connection, items: Sequence[tuple[int, str]], now: float, *, table: str, add_attempt: int) -> None:
+def _move_dead(
+    c: sqlite3.Connection, items: Sequence[tuple[int, str]], now: float, *, table: str, add_attempt: int
+) -> None:
     c.executemany(
         "INSERT OR REPLACE INTO dead (k, attempts, reason, dead_at, id, category, created_at, crc, payload)"
         f" SELECT k, attempts + ?, ?, ?, id, category, created_at, crc, payload FROM {table} WHERE k = ?",
         [(add_attempt, reason, now, k) for k, reason in items],
     )
     c.executemany(f"DELETE FROM {table} WHERE k = ?", [(k,) for k, _ in items])
-

@@ -21,6 +21,7 @@ from ._errors import InvalidOperation
 
 __all__ = [
     "KNOWN_CATEGORIES",
+    "IdGenerator",
     "Memory",
     "MemoryCategory",
     "MemoryOperation",
@@ -28,12 +29,11 @@ __all__ = [
     "decode_op",
     "encode_op",
     "id_to_seq",
-    "IdGenerator",
     "validate",
 ]
 
 
-class MemoryCategory(str, enum.Enum):
+class MemoryCategory(enum.StrEnum):
     """Every category the original framework's four vocabularies used.
 
     Categories are plain lower-case strings; any string matching ``[a-z0-9_.-]{1,64}``
@@ -59,11 +59,8 @@ class MemoryCategory(str, enum.Enum):
     USER_FEEDBACK = "user_feedback"
     WORKFLOW = "workflow"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Priority(str, enum.Enum):
+class Priority(enum.StrEnum):
     """Delivery priority: the consumer leases higher priorities first, FIFO within one."""
 
     CRITICAL = "critical"
@@ -75,9 +72,6 @@ class Priority(str, enum.Enum):
     def rank(self) -> int:
         """0 for critical ... 3 for low: the journal's lease order."""
         return _RANK[self]
-
-    def __str__(self) -> str:
-        return self.value
 
 
 _RANK = {Priority.CRITICAL: 0, Priority.HIGH: 1, Priority.MEDIUM: 2, Priority.LOW: 3}

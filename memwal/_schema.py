@@ -67,13 +67,30 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 INSERT_OP = "INSERT INTO ops (k, id, category, created_at, crc, payload) VALUES (?, ?, ?, ?, ?, ?)"
 
 LEASE_SELECT = """
-    SELECT k, attempts, crc, payload FROM ops
+    SELECT k, id, attempts, crc, payload FROM ops
     WHERE ((state = 0 AND not_before <= :now) OR (state = 1 AND lease_until < :now)) {extra}
     ORDER BY k LIMIT :n
 """
 
 LEASE_HELD = """
-    SELECT k, attempts, crc, payload FROM held
+    SELECT k, id, attempts, crc, payload FROM held
     WHERE not_before <= :now AND (lease_owner IS NULL OR lease_until < :now)
     ORDER BY k LIMIT :n
+"""
+
+# A claim re-checks readiness by primary key: a row another consumer leased after
+# our snapshot read is not returned, so it is never delivered twice while a lease
+# is valid.
+LEASE_CLAIM_OPS = """
+    UPDATE ops SET state = 1, lease_owner = ?1, lease_until = ?2
+    WHERE k IN (SELECT value FROM json_each(?3))
+      AND ((state = 0 AND not_before <= ?4) OR (state = 1 AND lease_until < ?4))
+    RETURNING k
+"""
+
+LEASE_CLAIM_HELD = """
+    UPDATE held SET lease_owner = ?1, lease_until = ?2
+    WHERE k IN (SELECT value FROM json_each(?3))
+      AND not_before <= ?4 AND (lease_owner IS NULL OR lease_until < ?4)
+    RETURNING k
 """

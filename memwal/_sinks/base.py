@@ -55,7 +55,7 @@ class Sink:
     def name(self) -> str:
         return type(self).__name__
 
-    def bind(self, config: Config, clock: Any) -> None:  # noqa: B027  (optional hook)
+    def bind(self, config: Config, clock: Any) -> None:
         """Called once by the collector before the first delivery with its config and clock."""
 
     async def deliver(self, ops: Sequence[MemoryOperation]) -> DeliveryReport | None:
@@ -85,7 +85,7 @@ class Sink:
         """The newest memories, newest first."""
         raise NotImplementedError(f"{self.name} cannot list memories")
 
-    async def aclose(self) -> None:  # noqa: B027  (optional hook)
+    async def aclose(self) -> None:
         """Release the sink's resources; closing twice is a no-op."""
 
     async def __aenter__(self) -> Self:

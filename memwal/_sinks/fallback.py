@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 
 from .._breaker import CircuitBreaker
-from .._config import Config, CircuitBreakerConfig
+from .._config import CircuitBreakerConfig, Config
 from .._errors import CircuitOpen, SinkRejected, SinkUnavailable
 from .._records import Memory, MemoryOperation
 from .base import DeliveryReport, Sink

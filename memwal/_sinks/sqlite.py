@@ -7,7 +7,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import aiosqlite
 import anyio
@@ -123,7 +123,7 @@ class SQLiteSink(Sink):
         await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         await db.execute("COMMIT")
 
-    async def __aenter__(self) -> SQLiteSink:
+    async def __aenter__(self) -> Self:
         await self._conn()
         return self
 
