@@ -13,11 +13,15 @@ import anyio
 import anyio.abc
 import anyio.from_thread
 
+from ._adaptive import apply_changes
+from ._cache import MemoryCache
 from ._config import Config
 from ._consumer import Consumer
 from ._errors import JournalError, QueueFull, SinkRejected
+from ._health import AlertCallback, Health, HealthMonitor
 from ._journal import Journal
-from ._records import MemoryCategory, Priority, validate
+from ._reads import Reader
+from ._records import Memory, MemoryCategory, Priority, validate
 from ._sinks.base import Sink
 from ._stats import CollectorStats, Counters, snapshot
 
@@ -57,9 +61,13 @@ class AsyncMemoryCollector:
         self.sink = sink
         self.journal = Journal(journal, self.config.journal)
         self.clock = clock
-        self.counters = Counters()
+        self.counters = Counters(metrics=self.config.health.metrics)
+        self.monitor = HealthMonitor(self, clock=clock)
         self._consumer: Consumer | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self.cache = MemoryCache.from_config(self.config.cache, timer=clock) if self.config.cache.enabled else None
+        self._reader = Reader(self.journal, sink, self.cache, self.counters,
+                              timeout=self.config.performance.operation_timeout)
         self._state = "new"
 
     def __repr__(self) -> str:
@@ -84,6 +92,7 @@ class AsyncMemoryCollector:
         await tg.__aenter__()
         try:
             await tg.start(self._consumer.run)
+            tg.start_soon(self.monitor.run)
         except BaseException:
             await tg.__aexit__(None, None, None)
             await anyio.to_thread.run_sync(self.journal.close)
@@ -108,6 +117,7 @@ class AsyncMemoryCollector:
                 await self._flush_all()
             await self._consumer.stop(max(0.0, deadline - self.clock()))
         finally:
+            self.monitor.stop()
             await self._tg.__aexit__(None, None, None)
             with anyio.CancelScope(shield=True):
                 await self.sink.aclose()
@@ -137,6 +147,8 @@ class AsyncMemoryCollector:
         op, dropped = self.journal.append(
             cat, text, meta, prio, tag_t, proj, limit=ac.max_queue_size, on_full=on_full
         )
+        if self.cache is not None:  # before collect returns: the next read must see this op
+            self.cache.invalidate(op, dropped=dropped, fresh=True)
         c = self.counters
         c.collected += 1
         if dropped is not None:
@@ -184,20 +196,25 @@ class AsyncMemoryCollector:
         ``async_collection.enabled: false`` returns only once the operation is delivered.
         """
         ac = self.config.async_collection
-        if ac.on_full != "block":
-            op_id = self._append(category, content, metadata, priority, tags, project, ac.on_full)
-        else:
+        block = ac.on_full == "block"
+        try:
+            op_id = self._append(category, content, metadata, priority, tags, project, "reject" if block else ac.on_full)
+        except QueueFull:
+            if not block:
+                raise
             op_id = await self._append_blocking(category, content, metadata, priority, tags, project)
         if not ac.enabled:
             await self._wait_delivered(op_id)
         return op_id
 
-    async def _append_blocking(self, *args: Any) -> str:
+    async def _append_blocking(
+        self, category: Any, content: Any, metadata: Any, priority: Any, tags: Any, project: Any
+    ) -> str:
         timeout = self.config.async_collection.collect_timeout
         deadline = self.clock() + timeout
         while True:
             try:
-                return self._append(*args, "reject")
+                return self._append(category, content, metadata, priority, tags, project, "reject")
             except QueueFull as exc:
                 left = deadline - self.clock()
                 if left <= 0:
@@ -240,11 +257,56 @@ class AsyncMemoryCollector:
         """collect_async with category ``operation``."""
         return await self.collect_async("operation", content, metadata, priority, **kw)
 
+    # -- reading -----------------------------------------------------------------
+
+    async def get(self, op_id: str) -> Memory | None:
+        """The memory collected as ``op_id``, or None if there is none.
+
+        Read from the journal while the operation is undelivered (even with the sink
+        down), else from the sink through the cache. Raises NotImplementedError when
+        the sink cannot read, SinkUnavailable when it does not answer in time.
+
+        Example:
+            >>> op_id = c.collect("bug", "parser fails on empty input")
+            >>> (await c.get(op_id)).content
+            'parser fails on empty input'
+        """
+        return await self._reader.get(op_id)
+
+    async def search(
+        self,
+        query: str,
+        *,
+        category: Category | None = None,
+        tags: Sequence[str] | None = None,
+        project: str | None = None,
+        limit: int = 10,
+    ) -> list[Memory]:
+        """Memories matching every word of ``query``, best first, filtered.
+
+        Undelivered matches (newest first) come before the sink's ranked results
+        (SQLiteSink: FTS5 bm25; Mem0Sink: mem0's search); one copy per id. Raises
+        NotImplementedError when the sink cannot search.
+
+        Example:
+            >>> [m.content for m in await c.search("parser", category="bug", limit=5)]
+        """
+        return await self._reader.search(query, category=category, tags=tags, project=project, limit=limit)
+
+    async def recent(self, category: Category | None = None, *, limit: int = 20) -> list[Memory]:
+        """The newest memories (undelivered ones included), newest first.
+
+        Example:
+            >>> await c.recent("feedback", limit=5)
+        """
+        return await self._reader.recent(category, limit=limit)
+
     # -- flushing and observing --------------------------------------------------
 
     async def _flush_all(self) -> int:
         assert self._consumer is not None
-        mark = self.journal.ids.last
+        # Everything collected before now, by any process: ids are time-ordered.
+        mark = max(self.journal.ids.last, (int(time.time() * 1_000_000) << 8) | 0xFF)
         total = remaining = await anyio.to_thread.run_sync(self.journal.remaining_upto, mark)
         while remaining:
             self._consumer.wake()
@@ -265,7 +327,40 @@ class AsyncMemoryCollector:
 
     def stats(self) -> CollectorStats:
         """A frozen snapshot of counters and journal depth."""
-        return snapshot(self.counters, self.journal.counts())
+        cache = None if self.cache is None else self.cache.statistics()
+        return snapshot(self.counters, self.journal.counts(), cache)
+
+    def health(self) -> Health:
+        """A frozen Health snapshot: status and reasons, depth, latencies, rates, sinks.
+
+        Alerts fire from the periodic check (``performance.health_check_interval``),
+        not from this call. Example: ``if c.health().status != "ok": ...``
+        """
+        return self.monitor.snapshot()[0]
+
+    def add_alert_callback(self, callback: AlertCallback) -> None:
+        """Call ``callback(alert)`` (sync or async) once per health status transition."""
+        self.monitor.add_callback(callback)
+
+    def remove_alert_callback(self, callback: AlertCallback) -> None:
+        """Stop calling ``callback``; ValueError if it was never added."""
+        self.monitor.remove_callback(callback)
+
+    def configure(self, **changes: Any) -> Config:
+        """Change safe settings on the live collector and return the new Config.
+
+        Keys are a setting's name or its dotted path: ``batch_size``, ``batch_timeout``,
+        ``rate_limit``, ``min_batch_size``, ``max_batch_size``, ``max_concurrent_ops``,
+        ``health_check_interval`` and the ``health.*`` thresholds. Anything else, or a bad
+        value, raises ConfigError naming the key and changes nothing.
+        Example: ``c.configure(batch_size=50, **{"health.max_pending_age": 30})``
+        """
+        config, _ = apply_changes(self.config, changes)
+        self.config = config
+        if self._consumer is not None:
+            self._consumer.configure(config)
+            self._consumer.wake()
+        return config
 
     def reset_circuit_breaker(self) -> None:
         """Force every breaker of the sink closed."""
@@ -328,7 +423,8 @@ class MemoryCollector:
         try:
             return a._append(category, content, metadata, priority, tags, project, "reject")
         except QueueFull:
-            return self._portal.call(a._append_blocking, category, content, metadata, priority, tags, project)
+            op_id: str = self._portal.call(a._append_blocking, category, content, metadata, priority, tags, project)
+            return op_id
 
     def collect_bug(self, content: str, metadata: Meta = None, priority: Prio = None, **kw: Any) -> str:
         return self.collect("bug", content, metadata, priority, **kw)
@@ -348,12 +444,49 @@ class MemoryCollector:
     def collect_operation(self, content: str, metadata: Meta = None, priority: Prio = None, **kw: Any) -> str:
         return self.collect("operation", content, metadata, priority, **kw)
 
+    def get(self, op_id: str) -> Memory | None:
+        """AsyncMemoryCollector.get, blocking: read-your-writes, then the cached sink."""
+        return self._portal.call(self._async.get, op_id)
+
+    def search(
+        self,
+        query: str,
+        *,
+        category: Category | None = None,
+        tags: Sequence[str] | None = None,
+        project: str | None = None,
+        limit: int = 10,
+    ) -> list[Memory]:
+        """AsyncMemoryCollector.search, blocking."""
+        return self._portal.call(
+            lambda: self._async.search(query, category=category, tags=tags, project=project, limit=limit)
+        )
+
+    def recent(self, category: Category | None = None, *, limit: int = 20) -> list[Memory]:
+        """AsyncMemoryCollector.recent, blocking."""
+        return self._portal.call(lambda: self._async.recent(category, limit=limit))
+
     def flush(self, timeout: float | None = None) -> int:
         """Block until everything collected before the call is delivered or dead-lettered."""
         return self._portal.call(self._async.flush_queue, timeout)
 
     def stats(self) -> CollectorStats:
         return self._async.stats()
+
+    def health(self) -> Health:
+        """A frozen Health snapshot, taken on the collector's event loop thread."""
+        return self._portal.call(self._async.health)
+
+    def add_alert_callback(self, callback: AlertCallback) -> None:
+        """Call ``callback(alert)`` once per health status transition (on the loop thread)."""
+        self._portal.call(self._async.add_alert_callback, callback)
+
+    def remove_alert_callback(self, callback: AlertCallback) -> None:
+        self._portal.call(self._async.remove_alert_callback, callback)
+
+    def configure(self, **changes: Any) -> Config:
+        """Change safe settings on the live collector; see AsyncMemoryCollector.configure."""
+        return self._portal.call(lambda: self._async.configure(**changes))
 
     def reset_circuit_breaker(self) -> None:
         self._portal.call(self._async.reset_circuit_breaker)

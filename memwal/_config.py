@@ -80,10 +80,16 @@ class CacheConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 class PerformanceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Timeouts and concurrency of sink calls, and the health-check period."""
+    """Timeouts and concurrency of sink calls, and the health-check period.
+
+    ``max_inflight_batches`` is how many leased batches the consumer delivers at once:
+    more hides a remote sink's round trips (a mem0 lookup plus the adds), fewer keeps
+    fewer rows leased.
+    """
 
     operation_timeout: PositiveSeconds = 15.0
     max_concurrent_ops: PositiveInt = 64
+    max_inflight_batches: PositiveInt = 4
     health_check_interval: PositiveSeconds = 60.0
 
 

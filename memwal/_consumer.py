@@ -7,6 +7,7 @@ the loop only does the I/O. Journal calls run whole on a worker thread.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import threading
@@ -18,9 +19,10 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from ._adaptive import AdaptiveBatcher
 from ._breaker import CircuitBreaker
 from ._config import Config
-from ._errors import CircuitOpen, SinkRejected, SinkUnavailable
+from ._errors import CircuitOpen, JournalError, SinkRejected, SinkUnavailable
 from ._journal import Journal, LeasedOp, Settlement
 from ._retry import next_attempt_at
 from ._sinks.base import DeliveryReport, Sink
@@ -112,9 +114,10 @@ class Consumer:
                 sink.name, config.circuit_breaker, clock=clock, on_change=counters.breaker_changed
             )
         self.batch_size = config.async_collection.batch_size
+        self.batcher = self._make_batcher(config)
         self.limiter = anyio.CapacityLimiter(config.performance.max_concurrent_ops)
         self.bucket = TokenBucket(config.async_collection.rate_limit, clock=clock)
-        self.max_inflight = 2
+        self.max_inflight = config.performance.max_inflight_batches
         self.task_group: anyio.abc.TaskGroup | None = None
         self._wake = anyio.Event()
         self._wake_requested = False
@@ -126,14 +129,41 @@ class Consumer:
         self._thread = 0
         self._unexpected: set[type[BaseException]] = set()
 
+    @staticmethod
+    def _make_batcher(config: Config) -> AdaptiveBatcher | None:
+        ac = config.async_collection
+        if not ac.adaptive_batching:
+            return None
+        return AdaptiveBatcher(ac.batch_size, ac.min_batch_size, ac.max_batch_size)
+
+    def configure(self, config: Config) -> None:
+        """Take a new config on a live consumer (only TUNABLE settings may differ)."""
+        old, self.config = self.config.async_collection, config
+        ac = config.async_collection
+        if (ac.batch_size, ac.min_batch_size, ac.max_batch_size) != (old.batch_size, old.min_batch_size,
+                                                                     old.max_batch_size):
+            self.batch_size = ac.batch_size
+            if self.batcher is not None:
+                self.batcher.set_bounds(ac.batch_size, ac.min_batch_size, ac.max_batch_size)
+        self.limiter.total_tokens = config.performance.max_concurrent_ops
+        self.max_inflight = config.performance.max_inflight_batches
+        if ac.rate_limit != old.rate_limit:
+            self.bucket.set_rate(ac.rate_limit)
+
     # -- signals -----------------------------------------------------------------
 
     def wake(self) -> None:
-        """Tell the loop there is new work; safe from any thread, coalesced."""
+        """Tell the loop there is new work; safe from any thread, coalesced.
+
+        ``_wake_requested`` stays set until the loop consumes the event, so a burst
+        of collects costs one Event.set (or one call_soon_threadsafe), not one each.
+        """
+        if self._wake_requested:
+            return
+        self._wake_requested = True
         if threading.get_ident() == self._thread:
             self._wake.set()
-        elif not self._wake_requested and self._loop is not None:
-            self._wake_requested = True
+        elif self._loop is not None:
             try:
                 self._loop.call_soon_threadsafe(self._wake.set)
             except RuntimeError:  # loop closed during shutdown
@@ -205,7 +235,12 @@ class Consumer:
             if wait > 0:
                 await self._nap(min(wait, poll))
                 continue
-            leased, bad = await anyio.to_thread.run_sync(self.journal.lease, self.batch_size)
+            try:
+                leased, bad = await anyio.to_thread.run_sync(self.journal.lease, self.batch_size)
+            except JournalError as exc:  # disk trouble: keep trying, rows stay in the journal
+                log.error("cannot lease from the journal, retrying: %s", exc)
+                await self._nap(max(poll, 1.0))
+                continue
             for op_id, reason in bad:
                 self.counters.dead += 1
                 log.error("operation %s dead-lettered: %s", op_id, reason)
@@ -230,8 +265,14 @@ class Consumer:
                 held=[h for p in parts for h in p.held],
                 release=[k for p in parts for k in p.release],
             )
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self.journal.settle, merged)
+            try:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self.journal.settle, merged)
+            except JournalError as exc:
+                # The rows stay leased until their lease expires, then are delivered
+                # again: at-least-once, and sinks are idempotent on the id.
+                log.error("cannot settle %d operations (%s); they will be redelivered", len(leased), exc)
+                return
             self.counters.settled(leased, merged, self.journal.clock())
         finally:
             self._inflight -= 1
@@ -242,18 +283,27 @@ class Consumer:
         delay = self.bucket.delay(len(ops))
         if delay:
             await anyio.sleep(delay)
+        started = self.clock()
         outcome = await self._call(ops)
+        if self.batcher is not None and not isinstance(outcome, (CircuitOpen, SinkRejected)):
+            # a transient failure shrinks the batch; a rejection says nothing about its size
+            failed = isinstance(outcome, BaseException)
+            self.batch_size = self.batcher.observe(len(ops), self.clock() - started, error=failed)
         ac = self.config.async_collection
-        parts.append(
-            plan(
-                group,
-                outcome,
-                max_retries=ac.max_retries,
-                retry_delay=ac.retry_delay,
-                max_retry_delay=ac.max_retry_delay,
-                now=self.journal.clock(),
-            )
+        s = plan(
+            group,
+            outcome,
+            max_retries=ac.max_retries,
+            retry_delay=ac.retry_delay,
+            max_retry_delay=ac.max_retry_delay,
+            now=self.journal.clock(),
         )
+        if s.held and not self.config.fallback.reconcile:
+            # Nobody will re-send them: the fallback's copy is final, so acknowledge.
+            self.counters.fallback += len(s.held)
+            s.acked.extend(k for k, _ in s.held)
+            s.held.clear()
+        parts.append(s)
 
     async def _call(self, ops: list[Any]) -> DeliveryReport | BaseException | None:
         breaker = self.breaker
@@ -300,17 +350,19 @@ class Consumer:
 
     async def _housekeeping(self) -> None:
         tick = 0
+        seen = self.counters.collected
         while True:
             await anyio.sleep(1.0)
             tick += 1
+            idle, seen = self.counters.collected == seen, self.counters.collected
             try:
-                await anyio.to_thread.run_sync(self.journal.checkpoint)
+                await anyio.to_thread.run_sync(functools.partial(self.journal.maybe_checkpoint, idle=idle))
                 await anyio.to_thread.run_sync(self.journal.refresh_depth)
                 if tick % 5 == 0:
                     await anyio.to_thread.run_sync(self.journal.recover)
                 if self.config.journal.retention_seconds > 0 and tick % 10 == 0:
                     await anyio.to_thread.run_sync(self.journal.purge_done)
-            except Exception as exc:  # a chore failing must not stop delivery
+            except Exception as exc:  # noqa: BLE001  (a chore failing must not stop delivery)
                 log.warning("journal housekeeping failed: %s", exc)
 
     async def _reconciler(self) -> None:
@@ -327,7 +379,7 @@ class Consumer:
             try:
                 with anyio.fail_after(self.config.performance.operation_timeout):
                     report = await reconcile([g.op for g in leased])
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001  (plan() classifies every failure)
                 outcome: DeliveryReport | BaseException | None = exc
             else:
                 outcome = report

@@ -30,11 +30,12 @@ from ._records import (
     MemoryOperation,
     Priority,
     decode_op,
-    encode_op,
     id_to_seq,
 )
 from ._schema import (
+    ACK_OPS,
     APPLICATION_ID,
+    CLAIMED,
     INSERT_OP,
     LEASE_CLAIM_HELD,
     LEASE_CLAIM_OPS,
@@ -49,6 +50,9 @@ from ._schema import (
 __all__ = ["Journal", "JournalCounts", "LeasedOp", "Settlement"]
 
 log = logging.getLogger("memwal")
+
+# Rows per claim or ack statement (the write lock is held for one statement).
+CHUNK = 128
 
 
 class LeasedOp(NamedTuple):
@@ -287,15 +291,17 @@ class Journal:
                 project=project,
                 created_at=(seq >> 8) / 1e6,
             )
-            payload = encode_op(op)
-            row = (key, new_id, category, op.created_at, zlib.crc32(payload), payload)
+            payload = _encode(op)
+            row = (key, new_id, category, op.created_at, _crc32(payload), payload)
             try:
                 with self._wlock:
-                    w = self._conn(self._w)
+                    w = self._w
+                    if w is None or self._closed:
+                        raise JournalError("journal is closed", path=str(self.path))
                     if op_id is not None:
                         self._append_known_id(w, row, seq)
                         return op, None
-                    if self._depth_base + self._depth_delta < limit - max(1, limit // 10):
+                    if self._depth_base + self._depth_delta < limit - (limit // 10 or 1):
                         w.execute(INSERT_OP, row)
                         self._depth_delta += 1
                         self.commits += 1
@@ -402,19 +408,44 @@ class Journal:
         if not rows:
             return [], []
         good, bad = _decode_rows(rows)
-        keys = json.dumps([g.key for g in good])
-
-        def txn(c: sqlite3.Connection) -> set[int]:
-            claimed = {
-                r[0]
-                for r in c.execute(LEASE_CLAIM_OPS, (self.owner, now + self.config.lease_seconds, keys, now))
-            }
-            if bad:
-                _move_dead(c, [(k, r) for k, _, r in bad], now, table="ops", add_attempt=0)
-            return claimed
-
-        claimed = self._write(txn)
+        if bad:
+            self._write(lambda c: _move_dead(c, [(k, r) for k, _, r in bad], now, table="ops", add_attempt=0))
+        claimed = self._claim("ops", good, now)
         return [g for g in good if g.key in claimed], [(i, r) for _, i, r in bad]
+
+    def _claim(self, table: str, good: list[LeasedOp], now: float) -> set[int]:
+        """Lease ``good`` rows that are still ready: one statement under the write lock."""
+        if not good:
+            return set()
+        sql = LEASE_CLAIM_OPS if table == "ops" else LEASE_CLAIM_HELD
+        until = now + self.config.lease_seconds
+        claimed: set[int] = set()
+        for i in range(0, len(good), CHUNK):
+            keys = [g.key for g in good[i : i + CHUNK]]
+            params = (self.owner, until, json.dumps(keys), now)
+            if self._write_one(sql, params) == len(keys):
+                claimed.update(keys)
+            else:
+                claimed.update(r[0] for r in self._read_c(CLAIMED.format(table=table), params[:3]))
+        return claimed
+
+    def _write_one(self, sql: str, params: Any) -> int:
+        """One statement in its own (autocommit) transaction; returns rows changed."""
+        with self._clock_c, self._wlock:
+            c = self._conn(self._c)
+            try:
+                n = c.execute(sql, params).rowcount
+            except sqlite3.Error as exc:
+                raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
+            self.commits += 1
+            return int(n)
+
+    def _read_c(self, sql: str, params: Any) -> list[Any]:
+        with self._clock_c:
+            try:
+                return self._conn(self._c).execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise JournalError(f"cannot read: {exc}", path=str(self.path)) from exc
 
     def lease_held(self, n: int) -> list[LeasedOp]:
         """Lease rows a fallback holds, for reconciliation to the primary."""
@@ -424,18 +455,9 @@ class Journal:
         if not rows:
             return []
         good, bad = _decode_rows(rows)
-        keys = json.dumps([g.key for g in good])
-
-        def txn(c: sqlite3.Connection) -> set[int]:
-            claimed = {
-                r[0]
-                for r in c.execute(LEASE_CLAIM_HELD, (self.owner, now + self.config.lease_seconds, keys, now))
-            }
-            if bad:  # the fallback already has these; a damaged copy here cannot be re-sent
-                c.executemany("DELETE FROM held WHERE k = ?", [(k,) for k, _, _ in bad])
-            return claimed
-
-        claimed = self._write(txn)
+        if bad:  # the fallback already has these; a damaged copy here cannot be re-sent
+            self._write(lambda c: c.executemany("DELETE FROM held WHERE k = ?", [(k,) for k, _, _ in bad]))
+        claimed = self._claim("held", good, now)
         for _, op_id, reason in bad:
             log.error("held operation %s cannot be reconciled: %s", op_id, reason)
         return [g for g in good if g.key in claimed]
@@ -444,6 +466,13 @@ class Journal:
         """Apply a batch's outcomes in one transaction."""
         now = self.clock()
         keep = self.config.retention_seconds > 0
+        if s.acked and not (keep or s.retry or s.release or s.dead or s.held):
+            # The common case: one statement per chunk, each its own transaction.
+            for i in range(0, len(s.acked), CHUNK):
+                self._write_one(ACK_OPS, (json.dumps(s.acked[i : i + CHUNK]),))
+            with self._wlock:
+                self._depth_delta -= len(s.acked)
+            return
 
         def txn(c: sqlite3.Connection) -> None:
             if s.acked:
@@ -453,7 +482,7 @@ class Journal:
                         " SELECT k, ?, id, category, created_at, crc, payload FROM ops WHERE k = ?",
                         [(now, k) for k in s.acked],
                     )
-                c.executemany("DELETE FROM ops WHERE k = ?", [(k,) for k in s.acked])
+                c.execute(ACK_OPS, (json.dumps(s.acked),))
             if s.retry:
                 c.executemany(
                     "UPDATE ops SET state = 0, attempts = attempts + 1, last_error = ?, not_before = ?,"
@@ -627,6 +656,10 @@ class Journal:
             f"SELECT crc, payload FROM ops {where} ORDER BY created_at DESC LIMIT ?", [*params, limit]
         )
         return [op for op in (_check_row(p, c)[0] for c, p in rows) if op is not None]
+
+
+_encode = msgspec.json.Encoder().encode  # the same encoding as _records.encode_op
+_crc32 = zlib.crc32
 
 
 def _check_row(payload: bytes, crc: int) -> tuple[MemoryOperation | None, str]:

@@ -141,12 +141,13 @@ class IdGenerator:
 
     def next(self) -> tuple[str, int]:
         """Return ``(id, seq)`` for a new operation."""
+        rnd = random.getrandbits(64)  # 8 bits for the sequence, 56 for the id's tail
         with self._lock:
-            seq = (int(self._clock() * 1_000_000) << 8) | random.getrandbits(8)
+            seq = (int(self._clock() * 1_000_000) << 8) | (rnd >> 56)
             if seq <= self._last:
                 seq = self._last + 1
             self._last = seq
-        return seq_to_id(seq, random.getrandbits(56)), seq
+        return seq_to_id(seq, rnd & _LOW56), seq
 
     @property
     def last(self) -> int:
@@ -154,12 +155,15 @@ class IdGenerator:
         return self._last
 
 
+_LOW56 = (1 << 56) - 1
+
+
 def seq_to_id(seq: int, rnd56: int) -> str:
     us, r8 = seq >> 8, seq & 0xFF
     ms, sub = divmod(us, 1000)
     n = (ms << 80) | (0x7 << 76) | (((sub << 2) | (r8 >> 6)) << 64)
     n |= (0b10 << 62) | ((r8 & 0x3F) << 56) | rnd56
-    h = f"{n:032x}"
+    h = n.to_bytes(16, "big").hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
@@ -194,16 +198,18 @@ def normalise_category(category: object) -> str:
     )
 
 
+_PRIORITY_BY_NAME: dict[object, Priority] = {p.value: p for p in Priority}
+
+
 def normalise_priority(priority: object, category: str) -> Priority:
     if priority is None:
         return Priority.HIGH if category in _URGENT else Priority.MEDIUM
-    if isinstance(priority, Priority):
-        return priority
-    if isinstance(priority, str):
-        try:
-            return Priority(priority.lower())
-        except ValueError:
-            pass
+    # StrEnum members hash and compare like their values, so one lookup serves both.
+    found = _PRIORITY_BY_NAME.get(priority) if isinstance(priority, str) else None
+    if found is None and isinstance(priority, str):
+        found = _PRIORITY_BY_NAME.get(priority.lower())
+    if found is not None:
+        return found
     raise InvalidOperation(
         "priority", f"{priority!r} is not one of critical, high, medium, low"
     )
@@ -251,9 +257,27 @@ def check_json(value: object, path: str) -> None:
     raise InvalidOperation(path, f"{type(value).__name__} is not JSON (use str, number, bool, None, list, dict)")
 
 
+def _flat_json(metadata: dict[Any, Any]) -> bool:
+    """True for the common shape: str keys, plain scalar values (no recursion needed)."""
+    for k, v in metadata.items():
+        t = type(v)
+        if type(k) is not str:
+            return False
+        if t is str or t is bool or v is None:
+            continue
+        if t is int and -(2**63) <= v < 2**64:
+            continue
+        if t is float and math.isfinite(v):
+            continue
+        return False
+    return True
+
+
 def check_metadata(metadata: object) -> dict[str, Any]:
     if metadata is None:
         return {}
+    if type(metadata) is dict and _flat_json(metadata):
+        return dict(metadata)
     if not isinstance(metadata, Mapping):
         raise InvalidOperation("metadata", f"must be a mapping, got {type(metadata).__name__}")
     check_json(metadata, "metadata")
@@ -293,13 +317,14 @@ def validate(
     max_content_bytes: int,
 ) -> tuple[str, str, dict[str, Any], Priority, tuple[str, ...], str | None]:
     """Check and normalise collect()'s arguments; raise InvalidOperation naming the field."""
-    cat = normalise_category(category)
-    check_content(content, max_content_bytes)
+    cat = category if type(category) is str and category in KNOWN_CATEGORIES else normalise_category(category)
+    if type(content) is not str or not content or len(content) * 4 > max_content_bytes or content.isspace():
+        check_content(content, max_content_bytes)
     return (
         cat,
         content,  # type: ignore[return-value]  # checked above
         check_metadata(metadata),
         normalise_priority(priority, cat),
-        check_tags(tags),
-        check_project(project),
+        () if tags == () else check_tags(tags),
+        None if project is None else check_project(project),
     )

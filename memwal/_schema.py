@@ -79,18 +79,24 @@ LEASE_HELD = """
 """
 
 # A claim re-checks readiness by primary key: a row another consumer leased after
-# our snapshot read is not returned, so it is never delivered twice while a lease
-# is valid.
+# our snapshot read does not match, so it is never delivered twice while a lease is
+# valid. One statement, so it needs no BEGIN/COMMIT; when fewer rows changed than
+# asked for (a race), CLAIMED_* tells which ones are ours.
 LEASE_CLAIM_OPS = """
     UPDATE ops SET state = 1, lease_owner = ?1, lease_until = ?2
     WHERE k IN (SELECT value FROM json_each(?3))
       AND ((state = 0 AND not_before <= ?4) OR (state = 1 AND lease_until < ?4))
-    RETURNING k
 """
 
 LEASE_CLAIM_HELD = """
     UPDATE held SET lease_owner = ?1, lease_until = ?2
     WHERE k IN (SELECT value FROM json_each(?3))
       AND not_before <= ?4 AND (lease_owner IS NULL OR lease_until < ?4)
-    RETURNING k
 """
+
+CLAIMED = """
+    SELECT k FROM {table} WHERE k IN (SELECT value FROM json_each(?3))
+      AND lease_owner = ?1 AND lease_until = ?2
+"""
+
+ACK_OPS = "DELETE FROM ops WHERE k IN (SELECT value FROM json_each(?))"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from array import array
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -12,9 +13,10 @@ import msgspec
 
 if TYPE_CHECKING:
     from ._breaker import BreakerState
+    from ._cache import CacheStatistics
     from ._journal import JournalCounts, LeasedOp, Settlement
 
-__all__ = ["CollectorStats", "Counters", "LatencyWindow"]
+__all__ = ["CollectorStats", "Counters", "HistogramWindow", "LatencyWindow", "OffWindow"]
 
 log = logging.getLogger("memwal")
 
@@ -43,11 +45,62 @@ class LatencyWindow:
             return tuple(0.0 for _ in qs)
         return tuple(data[min(len(data) - 1, int(q * len(data)))] for q in qs)
 
+    def since(self, count: int) -> list[float]:
+        """The samples added after the window had seen ``count`` (at most ``size``), sorted.
+
+        health() remembers ``count`` at each check, so this turns the last-N ring into a
+        time-based window without storing a timestamp per sample.
+        """
+        n = min(self.count - count, self._size, self.count)
+        if n <= 0:
+            return []
+        end = self.count % self._size
+        start = end - n
+        data = list(self._buf[start:end]) if start >= 0 else list(self._buf[start:]) + list(self._buf[:end])
+        data.sort()
+        return data
+
+
+class HistogramWindow(LatencyWindow):
+    """A LatencyWindow that also keeps cumulative Prometheus bucket counts since start.
+
+    ``bounds`` are the buckets' upper limits (``le``), ascending; the last slot of
+    ``buckets`` counts values above every bound (the ``+Inf`` bucket's own share).
+    """
+
+    def __init__(self, bounds: Sequence[float], size: int = 8192) -> None:
+        super().__init__(size)
+        self.bounds = tuple(bounds)
+        self.buckets = [0] * (len(self.bounds) + 1)
+
+    def add(self, value: float) -> None:
+        self._buf[self.count % self._size] = value
+        self.count += 1
+        self.total += value
+        self.buckets[bisect_left(self.bounds, value)] += 1
+
+
+class OffWindow(HistogramWindow):
+    """What the latency windows become with ``health.metrics: false``: adding costs a call."""
+
+    def add(self, value: float) -> None:
+        pass
+
+
+# Bucket bounds: collect latency in microseconds (the window's unit), delivery in seconds.
+COLLECT_BOUNDS_US = (10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1e3, 2.5e3, 5e3, 1e4, 2.5e4, 1e5, 1e6)
+DELIVERY_BOUNDS_S = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+                     3600.0)
+
 
 class Counters:
-    """Mutable counters owned by one collector (single event loop plus collect threads)."""
+    """Mutable counters owned by one collector (single event loop plus collect threads).
 
-    def __init__(self) -> None:
+    ``metrics=False`` (``health.metrics: false``) turns the latency windows and their
+    histograms off, so the hot path does no bookkeeping beyond the counts.
+    """
+
+    def __init__(self, *, metrics: bool = True) -> None:
         self.collected = 0
         self.delivered = 0
         self.retried = 0
@@ -58,8 +111,10 @@ class Counters:
         self.released = 0
         self.drops: Counter[str] = Counter()
         self.breaker_transitions: Counter[str] = Counter()
-        self.collect_us = LatencyWindow()
-        self.delivery_s = LatencyWindow()
+        window = HistogramWindow if metrics else OffWindow
+        self.metrics = metrics
+        self.collect_us: HistogramWindow = window(COLLECT_BOUNDS_US)
+        self.delivery_s: HistogramWindow = window(DELIVERY_BOUNDS_S)
         self.batch_sizes = LatencyWindow(1024)
         self.sink_seconds_per_op = LatencyWindow(256)
 
@@ -80,7 +135,7 @@ class Counters:
             log.debug("operation %s delivered", g.op.id)
         for key, holder in s.held:
             log.info("operation %s held by fallback %s until the primary recovers", by_key[key].op.id, holder)
-        for key, err, when in s.retry:
+        for key, err, _when in s.retry:
             log.info("operation %s will be retried (attempt %d): %s", by_key[key].op.id, by_key[key].attempts + 2, err)
         for key, reason in s.dead:
             log.warning("operation %s dead-lettered: %s", by_key[key].op.id, reason)
@@ -114,9 +169,14 @@ class CollectorStats(msgspec.Struct, frozen=True, kw_only=True):
     collect_p50_us: float
     collect_p99_us: float
     breaker_transitions: dict[str, int]
+    cache_hits: int = 0
+    cache_misses: int = 0
+    cache_evictions: int = 0
+    cache_size: int = 0
+    cache_hit_rate: float = 0.0
 
 
-def snapshot(c: Counters, journal: JournalCounts) -> CollectorStats:
+def snapshot(c: Counters, journal: JournalCounts, cache: CacheStatistics | None = None) -> CollectorStats:
     p50, p99 = c.collect_us.percentiles(0.5, 0.99)
     return CollectorStats(
         collected=c.collected,
@@ -135,4 +195,9 @@ def snapshot(c: Counters, journal: JournalCounts) -> CollectorStats:
         collect_p50_us=p50,
         collect_p99_us=p99,
         breaker_transitions=dict(c.breaker_transitions),
+        cache_hits=cache.hits if cache else 0,
+        cache_misses=cache.misses if cache else 0,
+        cache_evictions=cache.evictions if cache else 0,
+        cache_size=cache.size if cache else 0,
+        cache_hit_rate=cache.hit_rate if cache else 0.0,
     )

@@ -13,10 +13,11 @@ from collections.abc import Iterable, Sequence
 import anyio
 
 from ._errors import SinkRejected, SinkUnavailable
+from ._fake_mem0 import FakeMem0
 from ._records import Memory, MemoryOperation
 from ._sinks.base import DeliveryReport, Sink
 
-__all__ = ["FlakySink", "ManualClock", "MemorySink"]
+__all__ = ["FakeMem0", "FlakySink", "ManualClock", "MemorySink"]
 
 
 class ManualClock:

@@ -150,6 +150,23 @@ class TestOrderAndLeases:
         journal.clock.advance(5)  # type: ignore[attr-defined]
         assert [(g.op.content, g.attempts) for g in journal.lease(10)[0]] == [("b", 1)]
 
+    def test_a_claim_racing_another_consumer_takes_only_the_rows_still_free(self, journal_path: Path) -> None:
+        """The snapshot read may be stale: the claim re-checks each row under the write lock."""
+        clock = ManualClock()
+        a, b = Journal(journal_path, clock=clock), Journal(journal_path, clock=clock)
+        a.open()
+        b.open()
+        for c in "xyz":
+            add(a, c)
+        stale = sorted(a.lease(3)[0], key=lambda g: g.key)  # a holds all three...
+        a.settle(Settlement(release=[g.key for g in stale]))  # ...then gives them back
+        taken = b.lease(1)[0]  # b leases x meanwhile
+        assert [g.op.content for g in taken] == ["x"]
+        claimed = a._claim("ops", stale, clock())  # a claims from its stale snapshot
+        assert claimed == {g.key for g in stale if g.op.content != "x"}
+        a.close()
+        b.close()
+
     def test_retry_state_survives_reopening(self, journal_path: Path) -> None:
         j = Journal(journal_path)
         j.open()
@@ -177,7 +194,7 @@ class TestOrderAndLeases:
 
     def test_leases_of_a_process_that_is_gone_are_recovered_at_once(self, journal: Journal) -> None:
         add(journal, "x")
-        proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
         dead_owner = f"{os.uname().nodename}:{proc.stdout.strip()}:abcd"
         assert owner_is_gone(dead_owner)
         with sqlite3.connect(journal.path) as con:

@@ -69,7 +69,7 @@ class TestPriority:
 
     @pytest.mark.parametrize("bad", ["urgent", 1, ""])
     def test_unknown_priority_is_an_error(self, bad: object) -> None:
-        with pytest.raises(InvalidOperation, match="priority: .* is not one of critical, high, medium, low"):
+        with pytest.raises(InvalidOperation, match=r"priority: .* is not one of critical, high, medium, low"):
             check(priority=bad)
 
     def test_ranks_order_critical_first(self) -> None:

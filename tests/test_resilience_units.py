@@ -66,7 +66,7 @@ class TestPlan:
         assert s.held == [(3, "SQLiteSink")]
 
     def test_batches_are_grouped_by_category_and_bounded(self) -> None:
-        items = leased(3, category="bug") + [LeasedOp(9, MemoryOperation(id="q", category="qa", content="c"), 0)]
+        items = [*leased(3, category="bug"), LeasedOp(9, MemoryOperation(id="q", category="qa", content="c"), 0)]
         groups = group_by_category(items, 2)
         assert [[g.key for g in grp] for grp in groups] == [[0, 1], [2], [9]]
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 
 from memwal import AsyncMemoryCollector, SQLiteSink
 
@@ -30,7 +31,7 @@ MODULES = ["parser", "planner", "retriever", "tool-runner", "summariser", "git-b
 
 async def agent(name: str, c: AsyncMemoryCollector, steps: int, lat: list[float], rng: random.Random) -> None:
     for step in range(steps):
-        await anyio.sleep(0)  # the agent's own work would happen here
+        await anyio.lowlevel.checkpoint()  # the agent's own work would happen here
         category, priority, text = rng.choice(KINDS)
         t0 = time.perf_counter_ns()
         await c.collect_async(

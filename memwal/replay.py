@@ -1,0 +1,535 @@
+"""memwal-replay: see what a journal holds, redrive it to a sink, repair and compact it.
+
+Each subcommand opens the journal, calls one library function (``memwal._recovery``,
+``_redrive`` or ``_repair``) and prints. Exit codes: 0 success, 1 problems found (verify, import, export) or some
+operations failed (replay, requeue), 2 usage or I/O error (missing file, not a
+journal, newer schema, journal locked, unknown id), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import logging
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+
+from . import _recovery as rec
+from . import _redrive as redrive
+from . import _repair as repair
+from ._config import Config, load_config
+from ._errors import MemwalError
+from ._journal import Journal
+from ._metrics import MetricFamily, Sample, render
+
+__all__ = ["main"]
+
+PROG = "memwal-replay"
+
+
+def _out(text: str = "") -> None:
+    print(text, file=sys.stdout)
+
+
+def _err(text: str) -> None:
+    print(f"{PROG}: {text}", file=sys.stderr)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="seconds")
+
+
+def _json(obj: Any) -> str:
+    return msgspec.json.encode(obj).decode()
+
+
+# -- status ------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _journal(args) as j:
+        s = rec.status(j)
+    if args.json:
+        _out(_json(s))
+    elif args.prometheus:
+        sys.stdout.write(render(_families(s)))
+    else:
+        _print_status(s)
+    return 0
+
+
+def _print_status(s: rec.StatusReport) -> None:
+    _out(
+        f"journal    {s.journal} (schema {s.schema_version}; {s.journal_bytes} bytes, WAL {s.wal_bytes} bytes)"
+    )
+    running = (
+        f"running ({s.live_leases} operations under live leases)" if s.consumer_running else "not running"
+    )
+    _out(f"consumer   {running}")
+    _out(f"pending    {s.pending}")
+    _out(f"leased     {s.leased} ({s.recoverable} recoverable: lease expired or its process is gone)")
+    _out(f"dead       {s.dead}")
+    _out(f"delivered  {s.delivered} (retained)")
+    _out(f"held       {s.held} (delivered to a fallback, awaiting reconciliation)")
+    age = "-" if s.oldest_pending_age_seconds is None else f"{s.oldest_pending_age_seconds:.1f}s"
+    _out(f"oldest undelivered operation: {age} old")
+    states = ("pending", "leased", "dead", "delivered", "held")
+    for title, table in (("category", s.categories), ("priority", s.priorities)):
+        rows = {k: v for k, v in table.items() if any(v.values())}
+        if rows:
+            _out(f"\n{'by ' + title:<22}" + "".join(f"{st:>10}" for st in states))
+            for name, counts in rows.items():
+                _out(f"  {name:<20}" + "".join(f"{counts[st]:>10}" for st in states))
+    if s.dead_by_reason:
+        _out("\ndead letters by reason:")
+        for reason, n in s.dead_by_reason.items():
+            _out(f"  {n:>8}  {reason}")
+
+
+def _gauge(name: str, help: str, samples: list[Sample]) -> MetricFamily:
+    return MetricFamily(f"memwal_journal_{name}", "gauge", help, samples)
+
+
+def _families(s: rec.StatusReport) -> list[MetricFamily]:
+    states = {
+        "pending": s.pending,
+        "leased": s.leased,
+        "dead": s.dead,
+        "delivered": s.delivered,
+        "held": s.held,
+    }
+    return [
+        _gauge(
+            "operations",
+            "Operations in the journal by state.",
+            [Sample(v, {"state": k}) for k, v in states.items()],
+        ),
+        _gauge(
+            "category_operations",
+            "Operations in the journal by category and state.",
+            [
+                Sample(n, {"category": c, "state": st})
+                for c, by in s.categories.items()
+                for st, n in by.items()
+            ],
+        ),
+        _gauge(
+            "priority_operations",
+            "Operations in the journal by priority and state.",
+            [
+                Sample(n, {"priority": p, "state": st})
+                for p, by in s.priorities.items()
+                for st, n in by.items()
+            ],
+        ),
+        _gauge(
+            "recoverable_operations",
+            "Leased operations whose lease expired or whose process is gone.",
+            [Sample(s.recoverable)],
+        ),
+        _gauge("live_leases", "Operations leased by a running consumer.", [Sample(s.live_leases)]),
+        _gauge(
+            "oldest_pending_age_seconds",
+            "Age of the oldest undelivered operation (0 when there is none).",
+            [Sample(s.oldest_pending_age_seconds or 0.0)],
+        ),
+        _gauge(
+            "dead_operations",
+            "Dead letters by reason.",
+            [Sample(n, {"reason": r}) for r, n in s.dead_by_reason.items()],
+        ),
+        _gauge(
+            "file_bytes",
+            "Size of the journal file and its WAL.",
+            [Sample(s.journal_bytes, {"file": "journal"}), Sample(s.wal_bytes, {"file": "wal"})],
+        ),
+        _gauge("schema_version", "The journal's schema version.", [Sample(s.schema_version)]),
+    ]
+
+
+# -- list, show --------------------------------------------------------------------
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with _journal(args) as j:
+        rows = rec.list_ops(j, states=args.state or rec.UNDELIVERED, category=args.category, limit=args.limit)
+    if args.json:
+        _out(_json(rows))
+        return 0
+    _out(
+        f"{'ID':<36}  {'STATE':<9}  {'CATEGORY':<14}  {'PRIORITY':<8}  {'TRIES':>5}  {'CREATED':<19}  DETAIL"
+    )
+    for r in rows:
+        detail = r.damage or r.reason or r.last_error or (r.op.content if r.op else "")
+        detail = " ".join(detail.split())
+        _out(
+            f"{r.id:<36}  {r.state:<9}  {r.category:<14}  {r.priority:<8}  {r.attempts or 0:>5}  "
+            f"{_when(r.created_at):<19}  {detail[:60]}"
+        )
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with _journal(args) as j:
+        row = rec.show_op(j, args.id)
+    if row is None:
+        _err(f"no operation {args.id} in journal {args.journal}")
+        return 2
+    if args.json:
+        _out(_json(row))
+        return 0
+    for field in (
+        "id",
+        "state",
+        "category",
+        "priority",
+        "attempts",
+        "last_error",
+        "reason",
+        "holder",
+        "lease_owner",
+        "damage",
+    ):
+        value = getattr(row, field)
+        if value is not None:
+            _out(f"{field:<12} {value}")
+    for field in ("created_at", "not_before", "lease_until", "at"):
+        value = getattr(row, field)
+        if value:
+            _out(f"{field:<12} {_when(value)}")
+    if row.op is not None:
+        _out("operation:")
+        _out(msgspec.json.format(msgspec.json.encode(row.op), indent=2).decode())
+    return 0
+
+
+# -- replay ------------------------------------------------------------------------
+
+
+class _Progress:
+    """A bar on a terminal, a plain line at most once a second otherwise (stderr)."""
+
+    def __init__(self, tty: bool, clock: Callable[[], float] = time.monotonic) -> None:
+        self.tty, self.clock, self.last, self.drawn = tty, clock, -1e9, False
+
+    def __call__(self, p: redrive.ReplayProgress) -> None:
+        done = p.delivered + p.dead
+        counts = f"{done}/{p.total}  delivered {p.delivered}  retried {p.retried}  dead {p.dead}"
+        if self.tty:
+            filled = 30 * min(done, p.total) // max(p.total, 1)
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {counts}")
+            sys.stderr.flush()
+            self.drawn = True
+        elif self.clock() - self.last >= 1.0:
+            self.last = self.clock()
+            print(f"{PROG}: progress {counts}", file=sys.stderr, flush=True)
+
+    def end(self) -> None:
+        if self.drawn:
+            sys.stderr.write("\n")
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    config = load_config(args.config) if args.config else Config()
+    sink = redrive.sink_from_uri(
+        args.sink, user_id=args.user_id, agent_id=args.agent_id, run_id=args.run_id, api_key=args.api_key
+    )
+    progress = _Progress(sys.stderr.isatty())
+
+    async def run(j: Journal) -> redrive.ReplayReport:
+        if args.dry_run:
+            return await redrive.replay(
+                j, sink, category=args.category, include_dead=args.include_dead, dry_run=True
+            )
+        async with sink:
+            return await redrive.replay(
+                j,
+                sink,
+                category=args.category,
+                include_dead=args.include_dead,
+                rate=args.rate,
+                batch_size=args.batch_size,
+                config=config,
+                progress=progress,
+            )
+
+    with _journal(args) as j:
+        try:
+            r = anyio.run(run, j)
+        finally:
+            progress.end()
+    if r.dry_run:
+        cats = ", ".join(f"{c} {n}" for c, n in sorted(r.by_category.items())) or "none"
+        _out(
+            f"dry run: would deliver {r.selected} operations to {args.sink} ({cats});"
+            f" {r.live_leased} held by a running consumer are left alone; nothing was written"
+        )
+        return 0
+    _out(
+        f"delivered {r.delivered}, retried {r.retried}, dead {r.dead}, requeued from dead {r.requeued};"
+        f" remaining: {r.waiting} waiting for a retry, {r.live_leased} held by a running consumer"
+    )
+    if r.stopped:
+        _err(f"stopped early: {r.stopped}; the rest stay in the journal")
+    for op_id in r.failed:
+        _err(f"not delivered: {op_id} (see: {PROG} show {args.journal} {op_id})")
+    return 0 if r.ok else 1
+
+
+# -- requeue, export, import -------------------------------------------------------
+
+
+def cmd_requeue(args: argparse.Namespace) -> int:
+    with _journal(args) as j:
+        done, missing = rec.requeue(j, category=args.category, ids=args.id or (), reason=args.reason)
+    _out(f"requeued {len(done)} dead operations to pending")
+    for op_id in missing:
+        _err(f"not a dead letter in {args.journal}: {op_id}")
+    return 1 if missing else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    with _journal(args) as j:
+        if args.output is None:
+            n, damaged = rec.export_ops(
+                j, sys.stdout.buffer, states=args.state or rec.UNDELIVERED, category=args.category
+            )
+            sys.stdout.buffer.flush()
+        else:
+            n, damaged = _export_file(j, Path(args.output), args)
+    where = "standard output" if args.output is None else args.output
+    print(f"{PROG}: exported {n} operations to {where}", file=sys.stderr)
+    for row in damaged:
+        _err(f"not exported: {row.id} ({row.state}): {row.damage}; run `{PROG} verify`")
+    return 1 if damaged else 0
+
+
+def _export_file(j: Journal, path: Path, args: argparse.Namespace) -> tuple[int, list[rec.OpRow]]:
+    # Write beside the target and rename, so a failed export never leaves half a file.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            result = rec.export_ops(j, f, states=args.state or rec.UNDELIVERED, category=args.category)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return result
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    with open(args.file, "rb") as f, _journal(args, create=args.create) as j:
+        r = rec.import_ops(j, f, max_content_bytes=j.config.max_content_bytes)
+    _out(
+        f"imported {r.imported} operations, skipped {len(r.skipped)} already in the journal,"
+        f" {len(r.errors)} bad lines"
+    )
+    for line, msg in r.errors:
+        _err(f"{args.file}:{line}: {msg} (nothing written for this line)")
+    return 1 if r.errors else 0
+
+
+# -- verify, compact ---------------------------------------------------------------
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    with _journal(args) as j:
+        r = repair.verify(j, repair=args.repair)
+    for p in r.problems:
+        what = "REPAIRED" if p.repaired else "PROBLEM"
+        _out(f"{what:<9} {p.where:<10} {p.id or '-':<36}  {p.detail}")
+    fixed = sum(p.repaired for p in r.problems)
+    _out(
+        f"checked {r.checked} rows: {len(r.problems)} problems, {fixed} repaired;"
+        f" {r.quarantined} damaged rows already quarantined in dead letters"
+    )
+    if not r.ok and not args.repair:
+        _out(f"run `{PROG} verify --repair {args.journal}` to move damaged rows to dead letters")
+    return 0 if r.ok else 1
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    with _journal(args, retention=args.retention) as j:
+        r = repair.compact(j)
+    _out(
+        f"purged {r.purged} delivered operations; {r.bytes_before} -> {r.bytes_after} bytes"
+        f" (reclaimed {r.reclaimed} bytes)"
+    )
+    if not r.checkpoint_complete:
+        _out("the WAL was not fully truncated: another process was reading; run compact again later")
+    return 0
+
+
+# -- plumbing ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _journal(args: argparse.Namespace, *, retention: float = 0.0, create: bool = False) -> Iterator[Journal]:
+    """The journal named by ``args``, open for the length of a ``with`` block."""
+    journal = rec.open_journal(
+        args.journal, busy_timeout=args.busy_timeout, retention=retention, create=create
+    )
+    try:
+        yield journal
+    finally:
+        journal.close()
+
+
+EXAMPLES = {
+    "status": "  memwal-replay status agent.journal\n  memwal-replay status agent.journal --json"
+    "\n  memwal-replay status agent.journal --prometheus > /var/lib/node_exporter/memwal.prom",
+    "list": "  memwal-replay list agent.journal --state dead --limit 20\n"
+    "  memwal-replay list agent.journal --category bug --json",
+    "show": "  memwal-replay show agent.journal 0190a5c1-7b2e-7c3d-8e4f-0123456789ab",
+    "replay": "  memwal-replay replay agent.journal --sink sqlite:memories.db\n"
+    "  MEMWAL_MEM0_USER_ID=alice memwal-replay replay agent.journal --sink mem0+oss://localhost:8888"
+    " --include-dead --rate 20\n"
+    "  memwal-replay replay agent.journal --sink sqlite:memories.db --category bug --dry-run",
+    "requeue": "  memwal-replay requeue agent.journal --reason 'HTTP 503'\n"
+    "  memwal-replay requeue agent.journal --id 0190a5c1-7b2e-7c3d-8e4f-0123456789ab",
+    "export": "  memwal-replay export agent.journal --state dead --output dead.jsonl",
+    "import": "  memwal-replay import new.journal dead.jsonl --create",
+    "verify": "  memwal-replay verify agent.journal\n  memwal-replay verify agent.journal --repair",
+    "compact": "  memwal-replay compact agent.journal --retention 86400",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("journal", metavar="JOURNAL", help="the journal file")
+    common.add_argument(
+        "--busy-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long to wait for a lock held by another process (default 5)",
+    )
+    common.add_argument("-v", "--verbose", action="store_true", help="log every operation touched")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            parents=[common],
+            help=help,
+            description=help,
+            epilog=f"example:\n{EXAMPLES[name]}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(func=func)
+        return p
+
+    states = list(rec.STATES)
+    p = add(
+        "status", cmd_status, "counts by state, category and priority; dead letters by reason; file sizes"
+    )
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="one JSON object")
+    fmt.add_argument("--prometheus", action="store_true", help="Prometheus text exposition")
+    p = add("list", cmd_list, "list operations (default: every undelivered state)")
+    p.add_argument("--state", action="append", choices=states, help="repeatable")
+    p.add_argument("--category")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true", help="a JSON array")
+    p = add("show", cmd_show, "one operation in full, with its state, attempts and errors")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--json", action="store_true")
+    p = add("replay", cmd_replay, "deliver pending (and with --include-dead, dead) operations to a sink")
+    p.add_argument(
+        "--sink",
+        required=True,
+        metavar="URI",
+        help="sqlite:PATH, mem0+oss://HOST:PORT or mem0+platform://HOST",
+    )
+    p.add_argument("--include-dead", action="store_true", help="requeue the selected dead letters first")
+    p.add_argument("--category")
+    p.add_argument("--rate", type=float, metavar="N", help="at most N operations per second")
+    p.add_argument("--batch-size", type=int, default=100, metavar="N")
+    p.add_argument("--dry-run", action="store_true", help="show what would be delivered; write nothing")
+    p.add_argument("--config", metavar="FILE", help="memwal config (retries, timeouts, breaker)")
+    for opt, env in (
+        ("user-id", "USER_ID"),
+        ("agent-id", "AGENT_ID"),
+        ("run-id", "RUN_ID"),
+        ("api-key", "API_KEY"),
+    ):
+        p.add_argument(f"--{opt}", help=f"mem0 only (default: $MEMWAL_MEM0_{env})")
+    p = add("requeue", cmd_requeue, "move dead letters back to pending, attempts reset")
+    p.add_argument("--category")
+    p.add_argument("--id", action="append", metavar="ID", help="repeatable")
+    p.add_argument("--reason", metavar="TEXT", help="only dead letters whose reason contains TEXT")
+    p = add("export", cmd_export, "write operations as JSON Lines (default: every undelivered state)")
+    p.add_argument("--state", action="append", choices=states, help="repeatable")
+    p.add_argument("--category")
+    p.add_argument("--output", "-o", metavar="FILE", help="default: standard output")
+    p = add("import", cmd_import, "append exported operations as pending, keeping their ids")
+    p.add_argument("file", metavar="FILE", help="JSON Lines, as written by export")
+    p.add_argument("--create", action="store_true", help="create JOURNAL if it does not exist")
+    p = add("verify", cmd_verify, "integrity check, schema version, every payload's checksum")
+    p.add_argument("--repair", action="store_true", help="move damaged rows to dead letters")
+    p = add("compact", cmd_compact, "delete delivered rows past retention, checkpoint, VACUUM")
+    p.add_argument(
+        "--retention",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep delivered rows younger than this (default 0: delete all)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run memwal-replay; returns the exit code.
+
+    Example:
+        >>> main(["status", "agent.journal", "--json"])
+        0
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse reports usage errors itself
+        return int(exc.code or 0)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+    logger = logging.getLogger("memwal")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    try:
+        return int(args.func(args))
+    except MemwalError as exc:
+        _err(str(exc))
+    except OSError as exc:
+        _err(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc))
+    except sqlite3.Error as exc:
+        _err(f"sqlite error: {exc}")
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as shells do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt:
+        _err("interrupted; leased operations were given back to the journal")
+        return 130
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

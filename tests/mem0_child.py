@@ -1,0 +1,31 @@
+"""Child process for test_mem0_crash: collect into a journal delivering to a slow mem0, print each id.
+
+Usage: python tests/mem0_child.py JOURNAL MEM0_URL COUNT
+Each id is printed only after collect_async returned (it is committed to the journal).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import anyio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from memwal import AsyncMemoryCollector, Mem0Sink, load_config
+
+
+async def main(journal: str, url: str, count: int) -> None:
+    config = load_config({"async_collection": {"batch_size": 20}, "journal": {"poll_interval": 0.01}})
+    async with AsyncMemoryCollector(journal, Mem0Sink(url, user_id="crash"), config=config) as c:
+        for i in range(count):
+            op_id = await c.collect_async("operation", f"crash test memory {i}")
+            print(op_id, flush=True)
+            await anyio.sleep(0.002)  # pace collection so the kill lands while it is still going on
+        print("DONE", flush=True)
+        await anyio.sleep_forever()
+
+
+if __name__ == "__main__":
+    anyio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]))

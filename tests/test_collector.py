@@ -1,0 +1,357 @@
+"""AsyncMemoryCollector and MemoryCollector end to end, with in-memory and SQLite sinks."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from memwal import (
+    AsyncMemoryCollector,
+    JournalError,
+    MemoryCollector,
+    MemoryOperation,
+    Priority,
+    SinkRejected,
+    SQLiteSink,
+    load_config,
+)
+from memwal._journal import Journal
+from memwal.testing import FlakySink, MemorySink
+
+pytestmark = pytest.mark.anyio
+
+
+def cfg(**sections: dict[str, Any]):
+    base: dict[str, dict[str, Any]] = {
+        "async_collection": {"retry_delay": 0.01, "max_retry_delay": 0.05},
+        "journal": {"poll_interval": 0.01, "shutdown_timeout": 2.0},
+    }
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return load_config(base, env={})
+
+
+async def wait_for(predicate, timeout: float = 10.0) -> None:
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.005)
+
+
+class GateSink(MemorySink):
+    """Holds every delivery until ``gate`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = anyio.Event()
+        self.entered = anyio.Event()
+
+    async def deliver(self, ops: Sequence[MemoryOperation]):
+        self.entered.set()
+        await self.gate.wait()
+        return await super().deliver(ops)
+
+
+async def test_collected_operations_are_delivered_once_and_counted(journal_path: Path, store_path: Path) -> None:
+    async with AsyncMemoryCollector(journal_path, SQLiteSink(store_path), config=cfg()) as c:
+        ids = [await c.collect_async("bug", f"bug {i}", {"i": i}, tags=["t"], project="p") for i in range(500)]
+        ids += [c.collect("feedback", f"fb {i}") for i in range(500)]
+        assert await c.flush_queue(timeout=30) == 1000
+        s = c.stats()
+        assert (s.collected, s.delivered, s.pending, s.leased, s.dead) == (1000, 1000, 0, 0, 0)
+        assert s.collect_p50_us > 0
+    async with SQLiteSink(store_path) as store:
+        assert await store.count() == 1000
+        assert await store.count("feedback") == 500
+        m = await store.get(ids[3])
+        assert m is not None and m.metadata == {"i": 3} and m.tags == ("t",) and m.project == "p"
+        assert m.priority is Priority.HIGH
+
+
+async def test_an_id_is_returned_only_once_the_operation_is_committed(journal_path: Path) -> None:
+    sink = GateSink()
+    async with AsyncMemoryCollector(journal_path, sink, config=cfg()) as c:
+        op_id = await c.collect_async("qa", "committed before return")
+        other = Journal(journal_path)
+        other.open()
+        assert other.find(op_id) is not None  # visible to another connection right away
+        other.close()
+        sink.gate.set()
+
+
+async def test_higher_priorities_are_delivered_first_fifo_within_one(journal_path: Path) -> None:
+    j = Journal(journal_path)
+    j.open()
+    for content, prio in [("low", Priority.LOW), ("med", Priority.MEDIUM), ("crit", Priority.CRITICAL),
+                          ("high", Priority.HIGH), ("crit2", Priority.CRITICAL), ("med2", Priority.MEDIUM)]:
+        j.append("qa", content, {}, prio, (), None)
+    j.close()
+    sink = MemorySink()
+    async with AsyncMemoryCollector(journal_path, sink, config=cfg(async_collection={"batch_size": 2})) as c:
+        await c.flush_queue(timeout=10)
+    delivered = [sink.memories[i].content for batch in sink.batches for i in batch]
+    assert delivered == ["crit", "crit2", "high", "med", "med2", "low"]
+
+
+async def test_helpers_fix_the_category(journal_path: Path) -> None:
+    sink = MemorySink()
+    async with AsyncMemoryCollector(journal_path, sink, config=cfg()) as c:
+        ids = {
+            "bug": await c.collect_bug("b"), "error": await c.collect_error("e"),
+            "feedback": await c.collect_feedback("f"), "performance": await c.collect_performance("p"),
+            "architecture": await c.collect_architecture("a"), "operation": await c.collect_operation("o"),
+        }
+        await c.flush_queue(timeout=10)
+    assert {cat: sink.memories[i].category for cat, i in ids.items()} == {cat: cat for cat in ids}
+
+
+async def test_flush_timeout_raises_and_loses_nothing(journal_path: Path) -> None:
+    async with AsyncMemoryCollector(journal_path, FlakySink(hang=True), config=cfg(journal={"shutdown_timeout": 0.1})) as c:
+        ids = [c.collect("bug", f"x{i}") for i in range(5)]
+        with pytest.raises(TimeoutError):
+            await c.flush_queue(timeout=0.2)
+    j = Journal(journal_path)
+    j.open()
+    assert all(j.find(i) is not None for i in ids)
+    j.close()
+    sink = MemorySink()
+    async with AsyncMemoryCollector(journal_path, sink, config=cfg()) as c:
+        await c.flush_queue(timeout=10)
+    assert set(sink.memories) == set(ids)
+
+
+async def test_blocking_mode_returns_only_after_delivery(journal_path: Path) -> None:
+    sink = MemorySink()
+    async with AsyncMemoryCollector(journal_path, sink, config=cfg(async_collection={"enabled": False})) as c:
+        op_id = await c.collect_async("bug", "old blocking behaviour")
+        assert op_id in sink.memories
+
+
+async def test_blocking_mode_raises_when_the_operation_is_dead_lettered(journal_path: Path) -> None:
+    config = cfg(async_collection={"enabled": False})
+    async with AsyncMemoryCollector(journal_path, FlakySink(fail_next=1, permanent=True), config=config) as c:
+        with pytest.raises(SinkRejected, match="was dead-lettered: rejected: flaky sink rejects"):
+            await c.collect_async("bug", "will be rejected")
+
+
+async def test_close_twice_is_a_no_op_and_collect_after_close_fails(journal_path: Path) -> None:
+    c = AsyncMemoryCollector(journal_path, MemorySink(), config=cfg())
+    await c.start()
+    await c.aclose()
+    await c.aclose()
+    with pytest.raises(JournalError, match="collector is closed"):
+        c.collect("bug", "late")
+
+
+async def test_shutdown_leaves_undelivered_operations_for_the_next_start(journal_path: Path) -> None:
+    config = cfg(journal={"shutdown_timeout": 0.2})
+    async with AsyncMemoryCollector(journal_path, FlakySink(hang=True), config=config) as c:
+        ids = [c.collect("qa", str(i)) for i in range(20)]
+    j = Journal(journal_path)
+    j.open()
+    counts = j.counts()
+    j.close()
+    assert (counts.pending, counts.leased) == (20, 0)  # leases released at shutdown
+    sink = MemorySink()
+    async with AsyncMemoryCollector(journal_path, sink, config=cfg()) as c:
+        await c.flush_queue(timeout=10)
+    assert set(sink.memories) == set(ids)
+
+
+async def test_a_damaged_row_is_dead_lettered_and_does_not_stop_delivery(journal_path: Path) -> None:
+    sink = GateSink()
+    async with AsyncMemoryCollector(journal_path, sink, config=cfg()) as c:
+        first = c.collect("qa", "first")
+        await sink.entered.wait()
+        bad = c.collect("qa", "to be damaged")
+        good = c.collect("qa", "fine")
+        with sqlite3.connect(journal_path) as con:
+            con.execute("UPDATE ops SET crc = crc + 1 WHERE id = ?", (bad,))
+        sink.gate.set()
+        await c.flush_queue(timeout=10)
+        assert c.stats().dead == 1
+    assert set(sink.memories) == {first, good}
+
+
+def test_sync_facade_collects_from_many_threads(journal_path: Path, store_path: Path) -> None:
+    ids: list[str] = []
+    lock = threading.Lock()
+    with MemoryCollector(journal_path, SQLiteSink(store_path), config=cfg()) as c:
+
+        def work(n: int) -> None:
+            mine = [c.collect("qa", f"t{n}-{i}", priority="low") for i in range(200)]
+            with lock:
+                ids.extend(mine)
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert 0 <= c.flush(timeout=30) <= 1600
+        assert c.stats().delivered == 1600
+        assert c.flush(timeout=30) == 0
+    assert len(set(ids)) == 1600
+
+    async def count() -> int:
+        async with SQLiteSink(store_path) as s:
+            return await s.count()
+
+    assert anyio.run(count) == 1600
+
+
+class TestFailures:
+    async def test_transient_failures_are_retried_then_delivered(self, journal_path: Path) -> None:
+        sink = FlakySink(fail_next=3)
+        async with AsyncMemoryCollector(journal_path, sink, config=cfg()) as c:
+            ids = [c.collect("bug", str(i)) for i in range(10)]
+            await c.flush_queue(timeout=10)
+            assert c.stats().retried >= 3
+        assert set(sink.memories) == set(ids)
+
+    async def test_operations_are_dead_lettered_after_max_retries(self, journal_path: Path) -> None:
+        config = cfg(async_collection={"max_retries": 2}, circuit_breaker={"failure_threshold": 100})
+        async with AsyncMemoryCollector(journal_path, FlakySink(fail_next=10**6), config=config) as c:
+            op_id = c.collect("bug", "doomed")
+            await c.flush_queue(timeout=10)
+            assert c.stats().dead == 1
+        j = Journal(journal_path)
+        j.open()
+        assert j.dead_reason(op_id) == "gave up after 3 attempts: SinkUnavailable: flaky sink unavailable for this call"
+        j.close()
+
+    async def test_only_failed_ids_of_a_batch_are_retried(self, journal_path: Path) -> None:
+        sink = FlakySink()
+        async with AsyncMemoryCollector(journal_path, sink, config=cfg(async_collection={"max_retries": 1})) as c:
+            ids = [c.collect("qa", str(i)) for i in range(4)]
+            sink.fail_ids = {ids[1]}
+            sink.permanent = True
+            await c.flush_queue(timeout=10)
+            assert c.stats().dead == 1
+        assert set(sink.memories) == set(ids) - {ids[1]}
+        assert all(sink.deliveries[i] == 1 for i in sink.memories)
+
+    async def test_retry_after_is_stored_in_the_journal(self, journal_path: Path) -> None:
+        sink = FlakySink(fail_next=1, retry_after=3600.0)
+        async with AsyncMemoryCollector(journal_path, sink, config=cfg(journal={"shutdown_timeout": 0.1})) as c:
+            c.collect("bug", "x")
+            await wait_for(lambda: c.stats().retried == 1)
+            (nb,) = c.journal._read("SELECT not_before FROM ops")[0]
+            assert nb >= c.journal.clock() + 3590
+
+    async def test_a_hanging_sink_times_out_as_a_transient_failure(self, journal_path: Path) -> None:
+        sink = FlakySink(hang=True)
+        config = cfg(performance={"operation_timeout": 0.05}, journal={"shutdown_timeout": 0.1})
+        async with AsyncMemoryCollector(journal_path, sink, config=config) as c:
+            c.collect("bug", "x")
+            await wait_for(lambda: c.stats().retried >= 1)
+            (err,) = c.journal._read("SELECT last_error FROM ops")[0]
+            assert err == "SinkUnavailable: FlakySink timed out after 0.05s; outcome unknown"
+            sink.hang = False
+            await c.flush_queue(timeout=10)
+        assert len(sink.memories) == 1
+
+    async def test_unexpected_errors_are_logged_once_with_traceback_and_retried(
+        self, journal_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        class Buggy(MemorySink):
+            fails = 3
+
+            async def deliver(self, ops):
+                if self.fails:
+                    self.fails -= 1
+                    raise ZeroDivisionError("oops")
+                return await super().deliver(ops)
+
+        sink = Buggy()
+        caplog.set_level(logging.ERROR, "memwal")
+        async with AsyncMemoryCollector(journal_path, sink, config=cfg()) as c:
+            c.collect("bug", "x")
+            await c.flush_queue(timeout=10)
+        records = [r for r in caplog.records if "unexpected error from Buggy" in r.getMessage()]
+        assert len(records) == 3
+        assert sum(r.exc_info is not None for r in records) == 1
+        assert len(sink.memories) == 1
+
+    async def test_open_breaker_stops_calls_without_using_attempts(self, journal_path: Path) -> None:
+        sink = FlakySink(fail_next=10**6)
+        config = cfg(circuit_breaker={"failure_threshold": 2, "recovery_timeout": 3600},
+                     async_collection={"max_retries": 3}, journal={"shutdown_timeout": 0.1})
+        async with AsyncMemoryCollector(journal_path, sink, config=config) as c:
+            c.collect("bug", "x")
+            await wait_for(lambda: sink.failures == 2)
+            assert c._consumer is not None and c._consumer.breaker is not None
+            await wait_for(lambda: c._consumer.breaker.state.value == "open")  # type: ignore[union-attr]
+            await anyio.sleep(0.1)  # many poll intervals: no call while open
+            assert sink.failures == 2
+            (attempts,) = c.journal._read("SELECT attempts FROM ops")[0]
+            assert attempts == 2
+            assert c.stats().breaker_transitions == {"FlakySink:open": 1}
+            sink.fail_next = 0
+            c.reset_circuit_breaker()
+            await c.flush_queue(timeout=10)
+        assert len(sink.memories) == 1
+
+
+class TestBackPressure:
+    async def test_reject_raises_queue_full_and_counts_nothing_collected(self, journal_path: Path) -> None:
+        from memwal import QueueFull
+
+        config = cfg(async_collection={"max_queue_size": 3, "on_full": "reject"}, journal={"shutdown_timeout": 0.1})
+        async with AsyncMemoryCollector(journal_path, FlakySink(hang=True), config=config) as c:
+            for i in range(3):
+                await c.collect_async("qa", str(i))
+            with pytest.raises(QueueFull, match="limit is 3"):
+                await c.collect_async("qa", "no room")
+            assert c.stats().collected == 3 and c.stats().pending + c.stats().leased == 3
+
+    async def test_block_waits_for_room_then_succeeds(self, journal_path: Path) -> None:
+        sink = GateSink()
+        config = cfg(async_collection={"max_queue_size": 2, "collect_timeout": 10})
+        async with AsyncMemoryCollector(journal_path, sink, config=config) as c:
+            await c.collect_async("qa", "a")
+            await c.collect_async("qa", "b")
+            got: list[str] = []
+
+            async def blocked() -> None:
+                got.append(await c.collect_async("qa", "c"))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(blocked)
+                await anyio.sleep(0.05)
+                assert got == []  # still waiting for room
+                sink.gate.set()
+            await c.flush_queue(timeout=10)
+        assert sorted(m.content for m in sink.memories.values()) == ["a", "b", "c"]
+
+    async def test_block_gives_up_after_collect_timeout(self, journal_path: Path) -> None:
+        from memwal import QueueFull
+
+        config = cfg(async_collection={"max_queue_size": 1, "collect_timeout": 0.1}, journal={"shutdown_timeout": 0.1})
+        async with AsyncMemoryCollector(journal_path, FlakySink(hang=True), config=config) as c:
+            await c.collect_async("qa", "a")
+            with pytest.raises(QueueFull, match=r"after waiting 0\.1s"):
+                await c.collect_async("qa", "b")
+            assert c.stats().drops_by_reason == {"queue_full_timeout": 1}
+
+    async def test_drop_oldest_is_counted_and_logged_with_the_id(
+        self, journal_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        config = cfg(async_collection={"max_queue_size": 2, "on_full": "drop_oldest"}, journal={"shutdown_timeout": 0.1})
+        caplog.set_level(logging.WARNING, "memwal")
+        sink = GateSink()
+        async with AsyncMemoryCollector(journal_path, sink, config=config) as c:
+            c.collect("qa", "busy")
+            await sink.entered.wait()
+            old = c.collect("qa", "old", priority="low")
+            new = c.collect("qa", "new", priority="low")
+            assert c.stats().drops_by_reason == {"queue_full_drop_oldest": 1}
+            assert f"operation {old} dropped" in caplog.text
+            assert c.journal.find(new) is not None and c.journal.find(old) is None
+            sink.gate.set()
