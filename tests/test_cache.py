@@ -192,8 +192,10 @@ def test_threads_never_read_a_value_older_than_a_finished_write() -> None:
     lock = threading.Lock()
     errors: list[str] = []
     stop = threading.Event()
+    start = threading.Barrier(4)  # readers must be running while the writer writes
 
     def writer() -> None:
+        start.wait()
         for i in range(3000):
             with lock:
                 state["committed"] += 1  # the journal commit
@@ -205,6 +207,7 @@ def test_threads_never_read_a_value_older_than_a_finished_write() -> None:
 
     def reader(n: int) -> None:
         key = ("search", n % 2)
+        start.wait()
         while not stop.is_set():
             with lock:
                 floor = state["announced"]
