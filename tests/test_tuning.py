@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import anyio
 import pytest
 
 from memwal import AsyncMemoryCollector, ConfigError, MemoryCollector, load_config
@@ -83,26 +84,40 @@ def test_apply_changes_rejects_with_the_key(changes: dict[str, object], path: st
 # -- configure on a live collector ------------------------------------------------
 
 
+class _GateSink(MemorySink):
+    """Holds deliveries until ``gate`` is set; ``entered`` is set by the first one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = anyio.Event()
+        self.entered = anyio.Event()
+
+    async def deliver(self, ops: Sequence[MemoryOperation]) -> DeliveryReport | None:
+        self.entered.set()
+        await self.gate.wait()
+        return await super().deliver(ops)
+
+
 @pytest.mark.anyio
 async def test_configure_changes_the_batches_the_sink_receives(journal_path: Path) -> None:
-    sink = MemorySink()
-    cfg = Config(async_collection=AsyncCollectionConfig(batch_size=10))
+    sink = _GateSink()
+    cfg = load_config({"async_collection": {"batch_size": 10}, "performance": {"max_inflight_batches": 1}}, env={})
     async with AsyncMemoryCollector(journal_path, sink, config=cfg) as c:
-        for i in range(30):
-            c.collect("bug", f"before {i}")
-        await c.flush_queue(timeout=10)
+        c.collect("bug", "warm-up")
+        await sink.entered.wait()  # one batch in flight: the consumer leases nothing more
+        for i in range(12):
+            c.collect("bug", f"after {i}")
         new = c.configure(batch_size=4, max_concurrent_ops=3, rate_limit=1e6, **{"health.max_pending_age": 5})
         assert c.config is new and new.health.max_pending_age == 5.0
         assert c._consumer is not None
         assert (c._consumer.limiter.total_tokens, c._consumer.bucket.rate) == (3, 1e6)
-        for i in range(12):
-            c.collect("bug", f"after {i}")
+        sink.gate.set()
         await c.flush_queue(timeout=10)
         assert c.health().batch_size == 4
         with pytest.raises(ConfigError) as info:
             c.configure(batch_size=4, lease_seconds=1.0)
         assert info.value.path == "lease_seconds" and c.config is new  # nothing applied
-    assert [len(b) for b in sink.batches] == [10, 10, 10, 4, 4, 4]
+    assert [len(b) for b in sink.batches] == [1, 4, 4, 4]  # under the old size they would be 10 and 2
 
 
 def test_sync_configure_and_rejection(journal_path: Path) -> None:

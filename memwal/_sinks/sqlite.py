@@ -59,6 +59,17 @@ def _row(r: sqlite3.Row | tuple[Any, ...]) -> Memory:
     )
 
 
+class _Pending:
+    """One deliver() call's rows, waiting to be written by whichever call holds the lock."""
+
+    __slots__ = ("done", "error", "rows")
+
+    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
+        self.rows = rows
+        self.done = False
+        self.error: BaseException | None = None
+
+
 def _fts_query(query: str) -> str:
     # Each word becomes a quoted FTS5 string, so user text never parses as syntax.
     words = [w.replace('"', '""') for w in query.split()]
@@ -81,6 +92,7 @@ class SQLiteSink(Sink):
         self._db: aiosqlite.Connection | None = None
         self._closed = False
         self._lock = anyio.Lock()  # one transaction at a time on the shared connection
+        self._pending: list[_Pending] = []  # batches waiting for the next transaction
 
     def __repr__(self) -> str:
         return f"<SQLiteSink {str(self.path)!r}>"
@@ -128,25 +140,48 @@ class SQLiteSink(Sink):
         return self
 
     async def deliver(self, ops: Sequence[MemoryOperation]) -> None:
+        """Store ``ops`` (an id already stored is ignored) with their FTS5 entries.
+
+        Group commit: batches delivered while a transaction is running wait for the
+        lock and are then written together in the next one, each caller still told its
+        own outcome. FTS5 flushes a segment per transaction, so a few larger
+        transactions cost far less per memory than many small ones.
+        """
         db = await self._conn()
         now = time.time()
-        rows = [
+        mine = _Pending([
             (op.id, op.category, op.content, _enc.encode(op.metadata), op.priority.value,
              _enc.encode(op.tags), op.project, op.created_at, now)
             for op in ops
-        ]
-        try:
-            async with self._lock:
-                await db.execute("BEGIN IMMEDIATE")
+        ])
+        self._pending.append(mine)
+        async with self._lock:
+            if not mine.done:
+                group, self._pending = self._pending, []
                 try:
-                    await db.executemany(
-                        f"INSERT OR IGNORE INTO memories ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows
+                    await self._write(db, [row for p in group for row in p.rows])
+                except BaseException as exc:
+                    error = exc if isinstance(exc, SinkUnavailable) else SinkUnavailable(
+                        f"memory store {self.path}: the shared write was interrupted"
                     )
-                    await db.execute("COMMIT")
-                except BaseException:
-                    with anyio.CancelScope(shield=True):
-                        await db.execute("ROLLBACK")
+                    for p in group:
+                        p.done, p.error = True, error
                     raise
+                for p in group:
+                    p.done = True
+        if mine.error is not None:
+            raise mine.error
+
+    async def _write(self, db: aiosqlite.Connection, rows: list[tuple[Any, ...]]) -> None:
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                await db.executemany(f"INSERT OR IGNORE INTO memories ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows)
+                await db.execute("COMMIT")
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await db.execute("ROLLBACK")
+                raise
         except sqlite3.Error as exc:
             # busy, locked, disk full, I/O: all may pass; the consumer retries.
             raise SinkUnavailable(f"memory store {self.path}: {exc}") from exc
