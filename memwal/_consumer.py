@@ -124,6 +124,7 @@ class Consumer:
         self._progress = anyio.Event()
         self._idle = anyio.Event()
         self._inflight = 0
+        self.settling = 0  # batches whose rows may have left the journal, not yet counted
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = 0
@@ -265,15 +266,17 @@ class Consumer:
                 held=[h for p in parts for h in p.held],
                 release=[k for p in parts for k in p.release],
             )
+            self.settling += 1
             try:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(self.journal.settle, merged)
+                self.counters.settled(leased, merged, self.journal.clock())
             except JournalError as exc:
                 # The rows stay leased until their lease expires, then are delivered
                 # again: at-least-once, and sinks are idempotent on the id.
                 log.error("cannot settle %d operations (%s); they will be redelivered", len(leased), exc)
-                return
-            self.counters.settled(leased, merged, self.journal.clock())
+            finally:
+                self.settling -= 1
         finally:
             self._inflight -= 1
             self._signal_progress()

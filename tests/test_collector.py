@@ -166,7 +166,8 @@ async def test_shutdown_leaves_undelivered_operations_for_the_next_start(journal
 
 async def test_a_damaged_row_is_dead_lettered_and_does_not_stop_delivery(journal_path: Path) -> None:
     sink = GateSink()
-    async with AsyncMemoryCollector(journal_path, sink, config=cfg()) as c:
+    # One batch in flight, so nothing is leased while the row is being damaged.
+    async with AsyncMemoryCollector(journal_path, sink, config=cfg(performance={"max_inflight_batches": 1})) as c:
         first = c.collect("qa", "first")
         await sink.entered.wait()
         bad = c.collect("qa", "to be damaged")
