@@ -307,13 +307,14 @@ class AsyncMemoryCollector:
         assert self._consumer is not None
         # Everything collected before now, by any process: ids are time-ordered.
         mark = max(self.journal.ids.last, (int(time.time() * 1_000_000) << 8) | 0xFF)
-        total = remaining = await anyio.to_thread.run_sync(self.journal.remaining_upto, mark)
+        total = await anyio.to_thread.run_sync(self.journal.remaining_upto, mark)
+        remaining = total > 0
         # A settled batch leaves the journal before its counters move: wait for both,
         # so stats() right after a flush counts everything the flush waited for.
         while remaining or self._consumer.settling:
             self._consumer.wake()
             await self._consumer.wait_progress(self.config.journal.poll_interval * 4)
-            remaining = await anyio.to_thread.run_sync(self.journal.remaining_upto, mark)
+            remaining = await anyio.to_thread.run_sync(self.journal.any_upto, mark)
         return total
 
     async def flush_queue(self, timeout: float | None = None) -> int:

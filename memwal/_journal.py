@@ -625,6 +625,14 @@ class Journal:
             params += [rank << RANK_SHIFT, (rank << RANK_SHIFT) | (seq & SEQ_MASK)]
         return int(self._read(f"SELECT {sql}", params)[0][0])
 
+    def any_upto(self, seq: int) -> bool:
+        """Is any undelivered row's sequence at most ``seq``? One index seek per priority."""
+        sql = " UNION ALL ".join(["SELECT 1 FROM (SELECT 1 FROM ops WHERE k BETWEEN ? AND ? LIMIT 1)"] * 4)
+        params: list[int] = []
+        for rank in range(4):
+            params += [rank << RANK_SHIFT, (rank << RANK_SHIFT) | (seq & SEQ_MASK)]
+        return bool(self._read(sql, params))
+
     def oldest_pending(self) -> float | None:
         """``created_at`` of the oldest undelivered operation, or None."""
         row = self._read("SELECT min(created_at) FROM ops")[0]

@@ -218,6 +218,16 @@ class TestFind:
         assert journal.find(op.id) is None
         assert journal.find("not-an-id") is None
 
+    def test_any_upto_and_remaining_upto_see_every_priority(self, journal: Journal) -> None:
+        low = add(journal, "old low", Priority.LOW)
+        mark = journal.ids.last
+        add(journal, "newer critical", Priority.CRITICAL)
+        assert journal.remaining_upto(mark) == 1 and journal.any_upto(mark)
+        g = next(g for g in journal.lease(10)[0] if g.op.id == low.id)
+        journal.settle(Settlement(acked=[g.key]))
+        assert journal.remaining_upto(mark) == 0 and not journal.any_upto(mark)
+        assert journal.any_upto(journal.ids.last)  # the critical one is still there
+
     def test_an_id_already_present_cannot_be_appended_again(self, journal: Journal) -> None:
         op = add(journal, "x")
         for prio in Priority:
