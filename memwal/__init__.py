@@ -2,7 +2,7 @@
 
 Layers (each imports only from the ones below it):
     entry points    replay (memwal-replay), testing (public doubles)
-    orchestration   _collector -> _consumer, _reads, _health (health, alerts, metrics), _stats
+    orchestration   _sync -> _collector -> _consumer, _reads, _health (health, alerts, metrics), _stats
     adapters        _journal (SQLite WAL), _sinks/ (sqlite, fallback, mem0)
     pure leaves     _retry, _breaker, _throttle, _schema, _adaptive, _metrics, _cache
     foundations     _records, _config, _errors
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ._breaker import BreakerState, CircuitBreaker
 from ._cache import CacheStatistics, MemoryCache
-from ._collector import AsyncMemoryCollector, MemoryCollector
+from ._collector import AsyncMemoryCollector
 from ._config import Config, load_config
 from ._errors import (
     CircuitOpen,
@@ -34,6 +34,7 @@ from ._sinks.fallback import FallbackSink
 from ._sinks.mem0 import Mem0Sink
 from ._sinks.sqlite import SQLiteSink
 from ._stats import CollectorStats
+from ._sync import MemoryCollector
 
 __version__ = "0.1.0"
 
