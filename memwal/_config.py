@@ -45,7 +45,7 @@ class AsyncCollectionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_un
     """
 
     enabled: bool = True
-    batch_size: PositiveInt = 100
+    batch_size: PositiveInt = 500
     batch_timeout: Seconds = 30.0
     max_queue_size: PositiveInt = 100_000
     max_retries: Annotated[int, Meta(ge=0)] = 8
@@ -175,7 +175,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "performance": {"health_check_interval": 30.0},
     },
     "high-throughput": {
-        "async_collection": {"batch_size": 500, "max_batch_size": 2000, "adaptive_batching": True},
+        "async_collection": {"batch_size": 1000, "max_batch_size": 2000, "adaptive_batching": True},
         "performance": {"max_concurrent_ops": 128},
         "journal": {"checkpoint_pages": 16000},
     },

@@ -217,7 +217,7 @@ async def test_async_collector_health_reports_deliveries(journal_path: Path) -> 
         h = c.health()
         assert c.cache is not None and h.cache_hit_rate == c.cache.statistics().hit_rate
     _check_full_snapshot(h, 26)
-    assert h.batch_size == 100 and not h.adaptive_batching
+    assert h.batch_size == c.config.async_collection.batch_size and not h.adaptive_batching
 
 
 def test_sync_collector_health_reports_deliveries(journal_path: Path) -> None:

@@ -153,7 +153,7 @@ async def test_metrics_text_parses_back_with_escaped_labels(journal_path: Path) 
     assert fams["memwal_dropped_total"].samples == [("memwal_dropped_total", {"reason": 'queue "full"\\'}, 2)]
     undelivered = fams["memwal_journal_undelivered"].samples
     assert {s[1]["priority"] for s in undelivered} == {"critical", "high", "medium", "low"}
-    assert fams["memwal_batch_size"].samples[0][2] == 100
+    assert fams["memwal_batch_size"].samples[0][2] == c.config.async_collection.batch_size
 
 
 def test_metrics_text_of_the_sync_collector(journal_path: Path) -> None:
