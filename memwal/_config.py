@@ -88,7 +88,7 @@ class PerformanceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     """
 
     operation_timeout: PositiveSeconds = 15.0
-    max_concurrent_ops: PositiveInt = 64
+    max_concurrent_ops: PositiveInt = 128
     max_inflight_batches: PositiveInt = 4
     health_check_interval: PositiveSeconds = 60.0
 
@@ -176,7 +176,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     },
     "high-throughput": {
         "async_collection": {"batch_size": 1000, "max_batch_size": 2000, "adaptive_batching": True},
-        "performance": {"max_concurrent_ops": 128},
+        "performance": {"max_concurrent_ops": 256},
         "journal": {"checkpoint_pages": 16000},
     },
     "low-resource": {

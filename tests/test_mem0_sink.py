@@ -73,7 +73,8 @@ def test_construction_needs_an_entity_and_a_known_api() -> None:
 
 def test_bind_takes_the_connection_limit_and_timeout_from_config() -> None:
     s = Mem0Sink("http://127.0.0.1:1", run_id="r")
-    assert (s.limit, s.timeout) == (64, 7.5)
+    unbound = load_config({}, env={}).performance
+    assert (s.limit, s.timeout) == (unbound.max_concurrent_ops, unbound.operation_timeout / 2)
     s.bind(load_config({"performance": {"max_concurrent_ops": 8, "operation_timeout": 4}}), time.monotonic)
     assert (s.limit, s.timeout) == (8, 2.0)
     fixed = Mem0Sink("http://127.0.0.1:1", run_id="r", timeout=3)

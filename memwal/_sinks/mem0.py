@@ -16,6 +16,7 @@ import anyio
 import msgspec
 from cachetools import LRUCache
 
+from .._config import PerformanceConfig
 from .._errors import ConfigError, SinkRejected, SinkUnavailable
 from .._records import Memory, MemoryOperation, Priority
 from .base import DeliveryReport, Sink
@@ -36,7 +37,7 @@ MEM0_RESERVED = frozenset({"data", "hash", "created_at", "updated_at", "user_id"
 OWN_KEYS = ("memwal_id", "category", "priority", "tags", "project", "memwal_created_at")
 ESCAPE = "memwal_meta_"
 LOOKUP_CHUNK = 100
-DEFAULT_LIMIT, DEFAULT_TIMEOUT = 64, 15.0
+_UNBOUND = PerformanceConfig()  # what the sink uses until bind() gives it the collector's
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
 
@@ -138,7 +139,7 @@ class Mem0Sink(Sink):
     with ``platform_add="v1"``; ``Authorization: Token``). Each request gets ``timeout``
     seconds; unset, half of ``performance.operation_timeout`` (a delivery is a lookup then
     an add, both inside the consumer's budget), or 7.5 s unbound. Connections are capped
-    at ``performance.max_concurrent_ops`` (64 unbound). An injected ``session`` is used as
+    at ``performance.max_concurrent_ops`` (128 unbound). An injected ``session`` is used as
     it is and never closed.
 
     No duplicates after an ambiguous failure: mem0 has no idempotency key, so before
@@ -190,8 +191,8 @@ class Mem0Sink(Sink):
             self.headers["Authorization"] = f"Token {api_key}"
             self.headers["Mem0-User-ID"] = hashlib.md5(api_key.encode()).hexdigest()
         self._timeout_arg = timeout
-        self.timeout = timeout if timeout is not None else DEFAULT_TIMEOUT / 2
-        self.limit = DEFAULT_LIMIT
+        self.timeout = timeout if timeout is not None else _UNBOUND.operation_timeout / 2
+        self.limit = _UNBOUND.max_concurrent_ops
         self._session, self._owns = session, session is None
         self._closed = False
         self.mem0_ids: LRUCache[str, str] = LRUCache(maxsize=100_000)  # memwal id -> mem0 id
@@ -292,12 +293,29 @@ class Mem0Sink(Sink):
     # -- lookups by memwal id ------------------------------------------------------
 
     async def _find(self, op_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """mem0 items carrying these memwal ids, by memwal id (first one if several)."""
-        found: dict[str, dict[str, Any]] = {}
-        for i in range(0, len(op_ids), LOOKUP_CHUNK):
-            chunk = list(op_ids[i : i + LOOKUP_CHUNK])
+        """mem0 items carrying these memwal ids, by memwal id (first one if several).
+
+        The chunks are looked up concurrently: one round trip per batch, not per chunk.
+        """
+        chunks = [list(op_ids[i : i + LOOKUP_CHUNK]) for i in range(0, len(op_ids), LOOKUP_CHUNK)]
+        answers: list[list[Any]] = [[] for _ in chunks]
+        errors: list[SinkUnavailable | SinkRejected] = []
+
+        async def look(n: int) -> None:
             self.counts["lookups"] += 1
-            for item in await self._query_ids(chunk):
+            try:
+                answers[n] = await self._query_ids(chunks[n])
+            except (SinkUnavailable, SinkRejected) as exc:  # raised below, not as a group
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for n in range(len(chunks)):
+                tg.start_soon(look, n)
+        if errors:
+            raise errors[0]
+        found: dict[str, dict[str, Any]] = {}
+        for chunk, items in zip(chunks, answers, strict=True):
+            for item in items:
                 meta = item.get("metadata") if isinstance(item, Mapping) else None
                 mid = meta.get("memwal_id") if isinstance(meta, Mapping) else None
                 if mid in chunk:
