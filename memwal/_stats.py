@@ -127,12 +127,16 @@ class Counters:
     def settled(self, leased: Sequence[LeasedOp], s: Settlement, now: float) -> None:
         self.batches += 1
         self.batch_sizes.add(len(leased))
-        done = set(s.acked) | {k for k, _ in s.held}
+        done = set(s.acked)
+        done.update(k for k, _ in s.held)
         by_key = {g.key: g for g in leased}
-        for key in done:
-            g = by_key[key]
-            self.delivery_s.add(max(0.0, now - g.op.created_at))
-            log.debug("operation %s delivered", g.op.id)
+        add = self.delivery_s.add
+        debug = log.isEnabledFor(logging.DEBUG)  # checked once per batch, not per operation
+        for g in leased:
+            if g.key in done:
+                add(max(0.0, now - g.op.created_at))
+                if debug:
+                    log.debug("operation %s delivered", g.op.id)
         for key, holder in s.held:
             log.info("operation %s held by fallback %s until the primary recovers", by_key[key].op.id, holder)
         for key, err, _when in s.retry:

@@ -40,6 +40,13 @@ _DDL = (
         VALUES (new.rowid, new.content, new.tags, new.category); END""",
 )
 _COLUMNS = "id, category, content, metadata, priority, tags, project, created_at, stored_at"
+# Rows arrive as one JSON array of 9-element arrays in _COLUMNS order; metadata and
+# tags come out of json_extract as compact JSON text, null as NULL.
+_INSERT_BATCH = f"""INSERT OR IGNORE INTO memories ({_COLUMNS})
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+           json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'),
+           json_extract(value, '$[6]'), json_extract(value, '$[7]'), json_extract(value, '$[8]')
+    FROM json_each(?)"""
 _enc = msgspec.json.Encoder()
 _meta = msgspec.json.Decoder(dict[str, Any])
 _tags = msgspec.json.Decoder(tuple[str, ...])
@@ -150,8 +157,7 @@ class SQLiteSink(Sink):
         db = await self._conn()
         now = time.time()
         mine = _Pending([
-            (op.id, op.category, op.content, _enc.encode(op.metadata), op.priority.value,
-             _enc.encode(op.tags), op.project, op.created_at, now)
+            (op.id, op.category, op.content, op.metadata, op.priority.value, op.tags, op.project, op.created_at, now)
             for op in ops
         ])
         self._pending.append(mine)
@@ -173,10 +179,13 @@ class SQLiteSink(Sink):
             raise mine.error
 
     async def _write(self, db: aiosqlite.Connection, rows: list[tuple[Any, ...]]) -> None:
+        # The whole batch is one JSON array bound to one statement: one encode and
+        # one SQLite call instead of a Python round trip (and GIL hand-off) per row.
+        batch = _enc.encode(rows)
         try:
             await db.execute("BEGIN IMMEDIATE")
             try:
-                await db.executemany(f"INSERT OR IGNORE INTO memories ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows)
+                await db.execute(_INSERT_BATCH, (batch,))
                 await db.execute("COMMIT")
             except BaseException:
                 with anyio.CancelScope(shield=True):
