@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers import FAST, fast_config, wait_for
 
 from memwal import (
     AsyncMemoryCollector,
@@ -20,7 +21,6 @@ from memwal import (
     Priority,
     SinkRejected,
     SQLiteSink,
-    load_config,
 )
 from memwal._journal import Journal
 from memwal.testing import FlakySink, MemorySink
@@ -28,20 +28,8 @@ from memwal.testing import FlakySink, MemorySink
 pytestmark = pytest.mark.anyio
 
 
-def cfg(**sections: dict[str, Any]):
-    base: dict[str, dict[str, Any]] = {
-        "async_collection": {"retry_delay": 0.01, "max_retry_delay": 0.05},
-        "journal": {"poll_interval": 0.01, "shutdown_timeout": 2.0},
-    }
-    for name, values in sections.items():
-        base[name] = {**base.get(name, {}), **values}
-    return load_config(base, env={})
-
-
-async def wait_for(predicate, timeout: float = 10.0) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.005)
+def cfg(**sections: Any) -> Any:
+    return fast_config(FAST, **sections)
 
 
 class GateSink(MemorySink):

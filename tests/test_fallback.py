@@ -7,8 +7,9 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers import FAST, fast_config, wait_for
 
-from memwal import AsyncMemoryCollector, CircuitOpen, FallbackSink, SinkRejected, load_config
+from memwal import AsyncMemoryCollector, CircuitOpen, FallbackSink, SinkRejected
 from memwal._journal import Journal
 from memwal._records import MemoryOperation
 from memwal.testing import FlakySink, MemorySink
@@ -16,25 +17,19 @@ from memwal.testing import FlakySink, MemorySink
 pytestmark = pytest.mark.anyio
 
 
-def cfg(**over: Any):
-    base = {
-        "async_collection": {"retry_delay": 0.01, "max_retry_delay": 0.05},
-        "journal": {"poll_interval": 0.01, "shutdown_timeout": 1.0},
-        "circuit_breaker": {"failure_threshold": 2, "recovery_timeout": 0.05},
-    }
-    for k, v in over.items():
-        base[k] = {**base.get(k, {}), **v}
-    return load_config(base, env={})
+BASE = {
+    **FAST,
+    "journal": {"poll_interval": 0.01, "shutdown_timeout": 1.0},
+    "circuit_breaker": {"failure_threshold": 2, "recovery_timeout": 0.05},
+}
+
+
+def cfg(**sections: Any) -> Any:
+    return fast_config(BASE, **sections)
 
 
 def ops(n: int) -> list[MemoryOperation]:
     return [MemoryOperation(id=f"id{i}", category="bug", content=f"c{i}") for i in range(n)]
-
-
-async def wait_for(predicate, timeout: float = 10.0) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.005)
 
 
 class TestDirect:

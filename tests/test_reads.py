@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers import FAST, fast_config, wait_for
 
 from memwal import (
     AsyncMemoryCollector,
@@ -22,7 +23,6 @@ from memwal import (
     SinkRejected,
     SinkUnavailable,
     SQLiteSink,
-    load_config,
 )
 from memwal._reads import matches, phrases
 from memwal.testing import FlakySink, ManualClock, MemorySink
@@ -30,20 +30,11 @@ from memwal.testing import FlakySink, ManualClock, MemorySink
 pytestmark = pytest.mark.anyio
 
 
-def cfg(**sections: dict[str, Any]):
-    base: dict[str, dict[str, Any]] = {
-        "async_collection": {"retry_delay": 0.01, "max_retry_delay": 0.05},
-        "journal": {"poll_interval": 0.01, "shutdown_timeout": 0.3},
-    }
-    for name, values in sections.items():
-        base[name] = {**base.get(name, {}), **values}
-    return load_config(base, env={})
+BASE = {**FAST, "journal": {"poll_interval": 0.01, "shutdown_timeout": 0.3}}
 
 
-async def wait_for(predicate, timeout: float = 10.0) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.005)
+def cfg(**sections: Any) -> Any:
+    return fast_config(BASE, **sections)
 
 
 def ids(memories: Sequence[Memory]) -> list[str]:
