@@ -658,11 +658,19 @@ class Journal:
         return str(rows[0][0]) if rows else None
 
     def undelivered(self, *, category: str | None = None, limit: int = 1000) -> list[MemoryOperation]:
-        """Undelivered operations, newest first (merged into reads)."""
-        where, params = ("WHERE category = ?", [category]) if category else ("", [])
-        rows = self._read(
-            f"SELECT crc, payload FROM ops {where} ORDER BY created_at DESC LIMIT ?", [*params, limit]
-        )
+        """Undelivered operations, newest first (merged into reads).
+
+        Each priority's rows are read backwards along the primary key (time order
+        within a priority) and the four runs merged, so no read sorts the journal.
+        """
+        cat = "AND category = ?" if category else ""
+        sql = f"SELECT created_at, crc, payload FROM ops WHERE k >= ? AND k < ? {cat} ORDER BY k DESC LIMIT ?"
+        rows: list[Any] = []
+        for rank in range(4):
+            params = [rank << RANK_SHIFT, (rank + 1) << RANK_SHIFT, *([category] if category else []), limit]
+            rows += self._read(sql, params)
+        rows.sort(key=lambda r: r[0], reverse=True)
+        rows = [(c, p) for _, c, p in rows[:limit]]
         return [op for op in (_check_row(p, c)[0] for c, p in rows) if op is not None]
 
 
