@@ -83,8 +83,10 @@ def _print_status(s: rec.StatusReport) -> None:
     _out(f"dead       {s.dead}")
     _out(f"delivered  {s.delivered} (retained)")
     _out(f"held       {s.held} (delivered to a fallback, awaiting reconciliation)")
-    age = "-" if s.oldest_pending_age_seconds is None else f"{s.oldest_pending_age_seconds:.1f}s"
-    _out(f"oldest undelivered operation: {age} old")
+    if s.oldest_pending_age_seconds is None:
+        _out("oldest     none undelivered")
+    else:
+        _out(f"oldest     undelivered operation is {s.oldest_pending_age_seconds:.1f}s old")
     states = ("pending", "leased", "dead", "delivered", "held")
     for title, table in (("category", s.categories), ("priority", s.priorities)):
         rows = {k: v for k, v in table.items() if any(v.values())}
