@@ -66,6 +66,16 @@ class Floor:
         self.conn.close()
 
 
+
+def time_puts(put: Any, n: int) -> array[int]:
+    """Time ``n`` calls of ``put(CONTENT)`` one by one, in nanoseconds (the peers' loop)."""
+    buf = array("q", bytes(8 * n))
+    for i in range(n):
+        t0 = _perf()
+        put(CONTENT)
+        buf[i] = _perf() - t0
+    return buf
+
 class LiteQueuePut:
     name = "litequeue put"
 
@@ -75,12 +85,7 @@ class LiteQueuePut:
         self.q = LiteQueue(str(d / "litequeue.db"))
 
     def run_round(self, n: int) -> array[int]:
-        buf, put = array("q", bytes(8 * n)), self.q.put
-        for i in range(n):
-            t0 = _perf()
-            put(CONTENT)
-            buf[i] = _perf() - t0
-        return buf
+        return time_puts(self.q.put, n)
 
     def close(self) -> None:
         self.q.close()
@@ -100,12 +105,7 @@ class PersistQueuePut:
             self.q._putter.execute(f"PRAGMA synchronous={sync}")
 
     def run_round(self, n: int) -> array[int]:
-        buf, put = array("q", bytes(8 * n)), self.q.put
-        for i in range(n):
-            t0 = _perf()
-            put(CONTENT)
-            buf[i] = _perf() - t0
-        return buf
+        return time_puts(self.q.put, n)
 
     def close(self) -> None:
         self.q.close()
