@@ -21,7 +21,7 @@ import anyio.abc
 
 from ._adaptive import AdaptiveBatcher
 from ._breaker import CircuitBreaker
-from ._config import Config
+from ._config import AsyncCollectionConfig, Config
 from ._errors import CircuitOpen, JournalError, SinkRejected, SinkUnavailable
 from ._journal import Journal, LeasedOp, Settlement
 from ._retry import next_attempt_at
@@ -29,7 +29,7 @@ from ._sinks.base import DeliveryReport, Sink
 from ._stats import Counters
 from ._throttle import TokenBucket
 
-__all__ = ["Consumer", "plan"]
+__all__ = ["Consumer", "plan", "plan_with"]
 
 log = logging.getLogger("memwal")
 
@@ -76,6 +76,16 @@ def plan(
             when = next_attempt_at(now, g.attempts, retry_delay, max_retry_delay, retry_after, rng)
             s.retry.append((g.key, _describe(err), when))
     return s
+
+
+def plan_with(
+    group: Sequence[LeasedOp], outcome: DeliveryReport | BaseException | None, ac: AsyncCollectionConfig, now: float
+) -> Settlement:
+    """``plan`` with the retry policy of ``async_collection`` (the consumer's and replay's rule)."""
+    return plan(
+        group, outcome, max_retries=ac.max_retries, retry_delay=ac.retry_delay,
+        max_retry_delay=ac.max_retry_delay, now=now,
+    )
 
 
 def _describe(err: BaseException) -> str:
@@ -292,15 +302,7 @@ class Consumer:
             # a transient failure shrinks the batch; a rejection says nothing about its size
             failed = isinstance(outcome, BaseException)
             self.batch_size = self.batcher.observe(len(ops), self.clock() - started, error=failed)
-        ac = self.config.async_collection
-        s = plan(
-            group,
-            outcome,
-            max_retries=ac.max_retries,
-            retry_delay=ac.retry_delay,
-            max_retry_delay=ac.max_retry_delay,
-            now=self.journal.clock(),
-        )
+        s = plan_with(group, outcome, self.config.async_collection, self.journal.clock())
         if s.held and not self.config.fallback.reconcile:
             # Nobody will re-send them: the fallback's copy is final, so acknowledge.
             self.counters.fallback += len(s.held)

@@ -14,7 +14,7 @@ import msgspec
 
 from ._breaker import CircuitBreaker
 from ._config import Config
-from ._consumer import group_by_category, plan
+from ._consumer import group_by_category, plan_with
 from ._errors import CircuitOpen, ConfigError, SinkRejected, SinkUnavailable
 from ._journal import Journal, owner_is_gone
 from ._records import MemoryOperation
@@ -286,15 +286,7 @@ class _Run:
         parts.append((group, outcome))
 
     def _settle(self, group: list[Any], outcome: Any) -> None:
-        ac = self.config.async_collection
-        s = plan(
-            group,
-            outcome,
-            max_retries=ac.max_retries,
-            retry_delay=ac.retry_delay,
-            max_retry_delay=ac.max_retry_delay,
-            now=self.journal.clock(),
-        )
+        s = plan_with(group, outcome, self.config.async_collection, self.journal.clock())
         self.journal.settle(s)
         ids = {g.key: g.op.id for g in group}
         self.delivered += len(s.acked) + len(s.held)
