@@ -227,7 +227,7 @@ class AsyncMemoryCollector:
     async def _wait_delivered(self, op_id: str) -> None:
         assert self._consumer is not None
         while await anyio.to_thread.run_sync(self.journal.find, op_id) is not None:
-            self._consumer.wake()
+            self._consumer.wake(urgent=True)
             await self._consumer.wait_progress(self.config.journal.poll_interval * 4)
         reason = await anyio.to_thread.run_sync(self.journal.dead_reason, op_id)
         if reason is not None:
@@ -312,7 +312,7 @@ class AsyncMemoryCollector:
         # A settled batch leaves the journal before its counters move: wait for both,
         # so stats() right after a flush counts everything the flush waited for.
         while remaining or self._consumer.settling:
-            self._consumer.wake()
+            self._consumer.wake(urgent=True)
             await self._consumer.wait_progress(self.config.journal.poll_interval * 4)
             remaining = await anyio.to_thread.run_sync(self.journal.any_upto, mark)
         return total

@@ -134,6 +134,8 @@ class Consumer:
         self._progress = anyio.Event()
         self._idle = anyio.Event()
         self._inflight = 0
+        self._inflight_ops = 0  # rows leased by in-flight batches
+        self._urgent = False  # a flush or a blocking collect waits: lease partial batches at once
         self.settling = 0  # batches whose rows may have left the journal, not yet counted
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -163,12 +165,16 @@ class Consumer:
 
     # -- signals -----------------------------------------------------------------
 
-    def wake(self) -> None:
+    def wake(self, *, urgent: bool = False) -> None:
         """Tell the loop there is new work; safe from any thread, coalesced.
 
         ``_wake_requested`` stays set until the loop consumes the event, so a burst
         of collects costs one Event.set (or one call_soon_threadsafe), not one each.
+        ``urgent`` (a flush, a blocking collect) also lets the loop lease a partial
+        batch while another is in flight.
         """
+        if urgent:
+            self._urgent = True
         if self._wake_requested:
             return
         self._wake_requested = True
@@ -190,6 +196,7 @@ class Consumer:
     def _signal_progress(self) -> None:
         ev, self._progress = self._progress, anyio.Event()
         ev.set()
+        self._wake.set()  # the lease loop may be waiting for a batch to settle
 
     async def wait_progress(self, timeout: float) -> None:
         """Wait until a batch settles here, or ``timeout`` (other processes settle too)."""
@@ -230,6 +237,10 @@ class Consumer:
             self.task_group.cancel_scope.cancel()
             await self._idle.wait()
 
+    def _backlog(self) -> int:
+        """Rows waiting to be leased, as far as this process knows without a query."""
+        return self.journal.depth_estimate - self._inflight_ops
+
     def _breaker_wait(self) -> float:
         if self.breaker is not None:
             return self.breaker.retry_in()
@@ -241,6 +252,13 @@ class Consumer:
         while not self._stopping:
             if self._inflight >= self.max_inflight:
                 await self.wait_progress(poll)
+                continue
+            if self._inflight and not self._urgent and self._backlog() < self.batch_size:
+                # Nagle for batches: while one is in flight, rows gather for the next
+                # instead of leaving in tiny batches; each batch costs two journal
+                # transactions and thread hops whatever its size. Under light load
+                # nothing is in flight and a single row is leased at once.
+                await self._nap(poll)  # a settle or an urgent wake ends it
                 continue
             wait = self._breaker_wait()
             if wait > 0:
@@ -259,6 +277,7 @@ class Consumer:
                 await self._nap(poll)
                 continue
             self._inflight += 1
+            self._inflight_ops += len(leased)
             tg.start_soon(self._process, leased)
         while self._inflight:
             await self.wait_progress(poll)
@@ -289,6 +308,9 @@ class Consumer:
                 self.settling -= 1
         finally:
             self._inflight -= 1
+            self._inflight_ops -= len(leased)
+            if not self._inflight:
+                self._urgent = False
             self._signal_progress()
 
     async def _deliver_group(self, group: list[LeasedOp], parts: list[Settlement]) -> None:

@@ -275,24 +275,20 @@ class Journal:
         Raises QueueFull when the journal holds ``limit`` undelivered rows (nothing is
         written) and JournalError when the write fails.
         """
+        rank_key = _RANK_KEY[priority]
+        next_id = self.ids.next
         for _ in range(8):
             if op_id is None:
-                new_id, seq = self.ids.next()
+                new_id, seq = next_id()
             else:
                 new_id, seq = op_id, id_to_seq(op_id)
-            key = (priority.rank << RANK_SHIFT) | seq
+            created_at = (seq >> 8) / 1e6
             op = MemoryOperation(
-                id=new_id,
-                category=category,
-                content=content,
-                metadata=metadata,
-                priority=priority,
-                tags=tags,
-                project=project,
-                created_at=(seq >> 8) / 1e6,
+                id=new_id, category=category, content=content, metadata=metadata,
+                priority=priority, tags=tags, project=project, created_at=created_at,
             )
             payload = _encode(op)
-            row = (key, new_id, category, op.created_at, _crc32(payload), payload)
+            row = (rank_key | seq, new_id, category, created_at, _crc32(payload), payload)
             try:
                 with self._wlock:
                     w = self._w
@@ -360,6 +356,11 @@ class Journal:
                 w.execute("DELETE FROM ops WHERE k = ?", (row[0],))
                 return str(row[1])
         return None
+
+    @property
+    def depth_estimate(self) -> int:
+        """Undelivered rows (pending and leased), estimated without a query."""
+        return self._depth_base + self._depth_delta
 
     def refresh_depth(self) -> int:
         """Count undelivered rows exactly and reset the back-pressure estimate."""
@@ -675,6 +676,7 @@ class Journal:
 
 
 _encode = msgspec.json.Encoder().encode  # the same encoding as _records.encode_op
+_RANK_KEY = {p: p.rank << RANK_SHIFT for p in Priority}
 _crc32 = zlib.crc32
 
 

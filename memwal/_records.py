@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
+import os
 import random
 import re
 import threading
@@ -132,22 +133,36 @@ def decode_op(payload: bytes) -> MemoryOperation:
 
 
 class IdGenerator:
-    """Time-ordered ids, strictly increasing within the process (thread-safe)."""
+    """Time-ordered ids, strictly increasing within the process (thread-safe).
 
-    def __init__(self, clock: Any = time.time) -> None:
+    An id is a UUIDv7 whose 60 bits after the version hold the sequence (milliseconds,
+    sub-millisecond microseconds, 8 random bits) and whose last 56 bits are random
+    per process (fresh after a fork). The sequence orders a process's ids; the
+    per-process bits keep two processes that draw the same sequence apart. ``next``
+    formats an id from a per-millisecond prefix and two table lookups.
+    """
+
+    def __init__(self, clock: Any = None) -> None:
         self._clock = clock
         self._last = 0
         self._lock = threading.Lock()
+        self._ms_prefix = (-1, "")  # the id's first 15 characters for one millisecond
 
     def next(self) -> tuple[str, int]:
         """Return ``(id, seq)`` for a new operation."""
-        rnd = random.getrandbits(64)  # 8 bits for the sequence, 56 for the id's tail
+        r8 = _getrandbits(8)
         with self._lock:
-            seq = (int(self._clock() * 1_000_000) << 8) | (rnd >> 56)
+            us = _time_ns() // 1000 if self._clock is None else int(self._clock() * 1_000_000)
+            seq = (us << 8) | r8
             if seq <= self._last:
                 seq = self._last + 1
             self._last = seq
-        return seq_to_id(seq, rnd & _LOW56), seq
+        ms, sub = divmod(seq >> 8, 1000)
+        cached_ms, prefix = self._ms_prefix
+        if ms != cached_ms:
+            prefix = f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-7"
+            self._ms_prefix = (ms, prefix)
+        return prefix + _HEX3[(sub << 2) | ((seq >> 6) & 3)] + _TAILS[seq & 0x3F], seq
 
     @property
     def last(self) -> int:
@@ -156,15 +171,30 @@ class IdGenerator:
 
 
 _LOW56 = (1 << 56) - 1
+_getrandbits = random.getrandbits
+_time_ns = time.time_ns
+_TAILS: list[str] = []
+_HEX3 = [f"{i:03x}" for i in range(4096)]
+
+
+def _new_tails() -> None:
+    """The 64 possible last 18 characters of this process's ids ("-", variant, 6 bits, 56 random)."""
+    rnd56 = int.from_bytes(os.urandom(7), "big")
+    _TAILS[:] = [seq_to_id(r, rnd56)[18:] for r in range(64)]
 
 
 def seq_to_id(seq: int, rnd56: int) -> str:
+    """The UUIDv7 holding ``seq`` (see IdGenerator) with ``rnd56`` as its last 56 bits."""
     us, r8 = seq >> 8, seq & 0xFF
     ms, sub = divmod(us, 1000)
     n = (ms << 80) | (0x7 << 76) | (((sub << 2) | (r8 >> 6)) << 64)
     n |= (0b10 << 62) | ((r8 & 0x3F) << 56) | rnd56
     h = n.to_bytes(16, "big").hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_new_tails()
+os.register_at_fork(after_in_child=_new_tails)
 
 
 def id_to_seq(op_id: str) -> int:

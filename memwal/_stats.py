@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 from array import array
-from bisect import bisect_left
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -66,18 +67,49 @@ class HistogramWindow(LatencyWindow):
 
     ``bounds`` are the buckets' upper limits (``le``), ascending; the last slot of
     ``buckets`` counts values above every bound (the ``+Inf`` bucket's own share).
+    ``add`` only writes the ring; every ``FOLD`` samples (and whenever ``buckets`` is
+    read) the samples not yet counted are sorted once and folded into the buckets, so
+    the hot path pays no per-sample bisect.
     """
+
+    FOLD = 256  # divides the ring size, so a run of unfolded samples is contiguous
 
     def __init__(self, bounds: Sequence[float], size: int = 8192) -> None:
         super().__init__(size)
+        if size % self.FOLD:
+            raise ValueError(f"window size {size} must be a multiple of {self.FOLD}")
         self.bounds = tuple(bounds)
-        self.buckets = [0] * (len(self.bounds) + 1)
+        self._buckets = [0] * (len(self.bounds) + 1)
+        self._folded = 0
+        self._fold_lock = threading.Lock()
 
     def add(self, value: float) -> None:
         self._buf[self.count % self._size] = value
         self.count += 1
         self.total += value
-        self.buckets[bisect_left(self.bounds, value)] += 1
+        if not self.count % self.FOLD:
+            self._fold()
+
+    @property
+    def buckets(self) -> list[int]:
+        """Counts per bucket of every sample added since start."""
+        self._fold()
+        return list(self._buckets)
+
+    def _fold(self) -> None:
+        with self._fold_lock:
+            end, start = self.count, max(self._folded, self.count - self._size)
+            if end <= start:
+                return
+            lo, hi = start % self._size, end % self._size or self._size
+            chunk = sorted(self._buf[lo:hi] if lo < hi else self._buf[lo:] + self._buf[:hi])
+            below = 0
+            for i, bound in enumerate(self.bounds):
+                upto = bisect_right(chunk, bound)
+                self._buckets[i] += upto - below
+                below = upto
+            self._buckets[-1] += len(chunk) - below
+            self._folded = end
 
 
 class OffWindow(HistogramWindow):

@@ -39,8 +39,10 @@ class GateSink(MemorySink):
         super().__init__()
         self.gate = anyio.Event()
         self.entered = anyio.Event()
+        self.arrived: list[list[str]] = []  # each call's ids, recorded before the gate
 
     async def deliver(self, ops: Sequence[MemoryOperation]):
+        self.arrived.append([op.id for op in ops])
         self.entered.set()
         await self.gate.wait()
         return await super().deliver(ops)
@@ -71,6 +73,37 @@ async def test_an_id_is_returned_only_once_the_operation_is_committed(journal_pa
         assert other.find(op_id) is not None  # visible to another connection right away
         other.close()
         sink.gate.set()
+
+
+async def test_rows_gather_for_one_batch_while_another_is_in_flight(journal_path: Path) -> None:
+    # Without this, a fast consumer leases each new row in a batch of its own, paying
+    # two journal transactions per row while the producers write.
+    sink = GateSink()
+    async with AsyncMemoryCollector(journal_path, sink, config=cfg()) as c:
+        first = await c.collect_async("qa", "first")
+        await sink.entered.wait()
+        later = []
+        for i in range(49):
+            later.append(await c.collect_async("qa", f"later {i}"))
+            await anyio.sleep(0.002)  # time for a lease loop that leases early to do so
+        sink.gate.set()
+        await c.flush_queue(timeout=30)
+    assert sink.arrived == [[first], later]
+
+
+async def test_a_flush_leases_a_partial_batch_while_another_is_in_flight(journal_path: Path) -> None:
+    slow = GateSink()
+    config = cfg(journal={"poll_interval": 60.0})  # only a wake-up can move the lease loop
+    async with AsyncMemoryCollector(journal_path, slow, config=config) as c:
+        await c.collect_async("qa", "first")
+        await slow.entered.wait()
+        slow.entered = anyio.Event()
+        second = await c.collect_async("qa", "second")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(c.flush_queue, 30)
+            await slow.entered.wait()  # the flush leased "second" with "first" still in flight
+            assert slow.arrived[-1] == [second] and c.stats().leased == 2
+            slow.gate.set()
 
 
 async def test_higher_priorities_are_delivered_first_fifo_within_one(journal_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from collections.abc import Sequence
@@ -9,12 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import memwal
 from memwal import AsyncMemoryCollector, MemoryCollector
 from memwal._metrics import MetricFamily, Sample, render
 from memwal._records import MemoryOperation
 from memwal._sinks.base import DeliveryReport
+from memwal._stats import COLLECT_BOUNDS_US, HistogramWindow
 from memwal.testing import MemorySink
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
@@ -181,3 +185,23 @@ def test_parser_rejects_what_the_format_forbids() -> None:
             ("h_bucket", {"le": "1"}, 3), ("h_bucket", {"le": "+Inf"}, 2),
             ("h_sum", {}, 1), ("h_count", {}, 2),
         ]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(st.floats(min_value=0, max_value=2e6, allow_nan=False), max_size=3000),
+    reads=st.sets(st.integers(min_value=0, max_value=3000), max_size=5),
+)
+def test_histogram_buckets_count_every_sample_however_often_they_are_read(values: list[float], reads: set[int]) -> None:
+    # add() folds samples into the buckets in runs; reading folds the rest. A ring of
+    # 512 wraps several times here, and the buckets must still count every sample.
+    w = HistogramWindow(COLLECT_BOUNDS_US, size=512)
+    for i, v in enumerate(values):
+        if i in reads:
+            w.buckets  # noqa: B018  (a read in the middle of a run folds early)
+        w.add(v)
+    expected = [0] * (len(COLLECT_BOUNDS_US) + 1)
+    for v in values:
+        expected[bisect.bisect_left(COLLECT_BOUNDS_US, v)] += 1
+    assert w.buckets == expected
+    assert w.count == len(values)

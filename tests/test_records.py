@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
+import uuid
 
 import msgspec
 import pytest
@@ -175,6 +177,24 @@ class TestIds:
         op_id, _ = IdGenerator().next()
         u = uuid.UUID(op_id)
         assert u.version == 7 and u.variant == uuid.RFC_4122
+
+    def test_a_forked_child_draws_new_per_process_bits(self) -> None:
+        # Parent and child share a clock and a last sequence after fork: their ids
+        # must still differ, so the child gets its own last 56 bits.
+        gen = IdGenerator()
+        parent_id, _ = gen.next()
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover  (the child)
+            os.close(read_end)
+            os.write(write_end, gen.next()[0].encode())
+            os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end) as f:
+            child_id = f.read()
+        os.waitpid(pid, 0)
+        assert uuid.UUID(child_id).version == 7
+        assert child_id[-12:] != parent_id[-12:] and gen.next()[0][-12:] == parent_id[-12:]
 
     @given(st.integers(min_value=0, max_value=(1 << 60) - 1), st.integers(min_value=0, max_value=(1 << 56) - 1))
     def test_the_sequence_is_recoverable_from_the_id(self, seq: int, rnd: int) -> None:

@@ -181,16 +181,10 @@ class SQLiteSink(Sink):
     async def _write(self, db: aiosqlite.Connection, rows: list[tuple[Any, ...]]) -> None:
         # The whole batch is one JSON array bound to one statement: one encode and
         # one SQLite call instead of a Python round trip (and GIL hand-off) per row.
+        # One statement in autocommit mode is one transaction, FTS5 trigger included.
         batch = _enc.encode(rows)
         try:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                await db.execute(_INSERT_BATCH, (batch,))
-                await db.execute("COMMIT")
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await db.execute("ROLLBACK")
-                raise
+            await db.execute(_INSERT_BATCH, (batch,))
         except sqlite3.Error as exc:
             # busy, locked, disk full, I/O: all may pass; the consumer retries.
             raise SinkUnavailable(f"memory store {self.path}: {exc}") from exc
