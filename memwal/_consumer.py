@@ -18,12 +18,13 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from ._adaptive import AdaptiveBatcher
 from ._breaker import CircuitBreaker
 from ._config import AsyncCollectionConfig, Config
 from ._errors import CircuitOpen, JournalError, SinkRejected, SinkUnavailable
-from ._journal import Journal, LeasedOp, Settlement
+from ._journal import Journal, LeasedOp, Settlement, decode_rows
 from ._retry import next_attempt_at
 from ._sinks.base import DeliveryReport, Sink
 from ._stats import Counters
@@ -32,6 +33,8 @@ from ._throttle import TokenBucket
 __all__ = ["Consumer", "plan", "plan_with"]
 
 log = logging.getLogger("memwal")
+
+DECODE_SLICE = 64  # rows decoded on the loop between checkpoints
 
 
 def plan(
@@ -265,7 +268,7 @@ class Consumer:
                 await self._nap(min(wait, poll))
                 continue
             try:
-                leased, bad = await anyio.to_thread.run_sync(self.journal.lease, self.batch_size)
+                leased, bad = await self._lease(self.batch_size)
             except JournalError as exc:  # disk trouble: keep trying, rows stay in the journal
                 log.error("cannot lease from the journal, retrying: %s", exc)
                 await self._nap(max(poll, 1.0))
@@ -298,7 +301,7 @@ class Consumer:
             self.settling += 1
             try:
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(self.journal.settle, merged)
+                    await self._settle(merged)
                 self.counters.settled(leased, merged, self.journal.clock())
             except JournalError as exc:
                 # The rows stay leased until their lease expires, then are delivered
@@ -312,6 +315,48 @@ class Consumer:
             if not self._inflight:
                 self._urgent = False
             self._signal_progress()
+
+    # -- journal writes that spare collect() ---------------------------------------
+    #
+    # Claims and acks run on the loop's thread when the journal's writer lock is free
+    # at once (``write_now``); otherwise on a worker thread. A worker holding the
+    # writer lock needs the GIL back to release it, so a collect() on the loop could
+    # wait for the worker's next GIL turn; on the loop, a collect and a claim simply
+    # take turns. Rows are decoded on the loop too, in slices, so no worker holds the
+    # GIL for a whole batch while collect() waits for it.
+
+    async def _write(self, sql: str, params: Any, *, removes: int = 0) -> int:
+        n = self.journal.write_now(sql, params, removes=removes)
+        if n is None:
+            n = await anyio.to_thread.run_sync(functools.partial(self.journal.write_one, sql, params, removes=removes))
+        return n
+
+    async def _lease(self, n: int) -> tuple[list[LeasedOp], list[tuple[str, str]]]:
+        rows, now = await anyio.to_thread.run_sync(functools.partial(self.journal.select_ready, n))
+        good: list[LeasedOp] = []
+        bad: list[tuple[int, str, str]] = []
+        for i in range(0, len(rows), DECODE_SLICE):
+            if i:
+                await anyio.lowlevel.checkpoint()
+            g, b = decode_rows(rows[i : i + DECODE_SLICE])
+            good += g
+            bad += b
+        if bad:
+            await anyio.to_thread.run_sync(self.journal.dead_letter, bad, now)
+        claimed: set[int] = set()
+        for sql, params, keys in self.journal.claim_statements("ops", good, now):
+            if await self._write(sql, params) == len(keys):
+                claimed.update(keys)
+            else:  # another consumer leased some of them after our snapshot read
+                claimed.update(await anyio.to_thread.run_sync(self.journal.claimed_keys, "ops", params))
+        return [g for g in good if g.key in claimed], [(op_id, reason) for _, op_id, reason in bad]
+
+    async def _settle(self, s: Settlement) -> None:
+        if self.journal.acks_only(s):
+            for sql, params, n in self.journal.ack_statements(s.acked):
+                await self._write(sql, params, removes=n)
+        else:
+            await anyio.to_thread.run_sync(self.journal.settle, s)
 
     async def _deliver_group(self, group: list[LeasedOp], parts: list[Settlement]) -> None:
         ops = [g.op for g in group]

@@ -47,7 +47,7 @@ from ._schema import (
     SEQ_MASK,
 )
 
-__all__ = ["Journal", "JournalCounts", "LeasedOp", "Settlement"]
+__all__ = ["Journal", "JournalCounts", "LeasedOp", "Settlement", "decode_rows"]
 
 log = logging.getLogger("memwal")
 
@@ -134,6 +134,7 @@ class Journal:
         self._w: sqlite3.Connection | None = None
         self._c: sqlite3.Connection | None = None
         self._r: sqlite3.Connection | None = None
+        self._lw: sqlite3.Connection | None = None  # write_now's: never waits on a lock
         self._closed = False
         # Depth estimate for back-pressure: the last exact count plus what this process
         # added since, minus what it removed. Exact counting happens near the limit.
@@ -182,6 +183,8 @@ class Journal:
             self._w = self._connect()
             self._r = self._connect()
             self._r.execute("PRAGMA query_only=1")
+            self._lw = self._connect()
+            self._lw.execute("PRAGMA busy_timeout=0")
         except sqlite3.Error as exc:
             self._close_conns()
             raise JournalError(f"cannot open: {exc}", path=str(self.path)) from exc
@@ -205,10 +208,10 @@ class Journal:
         return self._w is not None and not self._closed
 
     def _close_conns(self) -> None:
-        for conn in (self._w, self._c, self._r):
+        for conn in (self._w, self._c, self._r, self._lw):
             if conn is not None:
                 conn.close()
-        self._w = self._c = self._r = None
+        self._w = self._c = self._r = self._lw = None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -399,6 +402,21 @@ class Journal:
         never stalls collect(). Rows whose checksum fails or that cannot be decoded
         are dead-lettered and returned as ``(id, reason)`` pairs, never leased.
         """
+        rows, now = self.select_ready(n, category=category)
+        if not rows:
+            return [], []
+        good, bad = decode_rows(rows)
+        if bad:
+            self.dead_letter(bad, now)
+        claimed = self._claim("ops", good, now)
+        return [g for g in good if g.key in claimed], [(i, r) for _, i, r in bad]
+
+    def select_ready(self, n: int, *, category: str | None = None) -> tuple[list[Any], float]:
+        """Up to ``n`` ready rows, undecoded, and the time they were ready at (a snapshot read).
+
+        The consumer's half of ``lease``: it decodes with ``decode_rows`` and claims
+        with ``claim_statements``, each where it costs collect() least.
+        """
         now = self.clock()
         sql = LEASE_SELECT.format(extra="AND category = :cat" if category is not None else "")
         with self._clock_c:
@@ -406,32 +424,50 @@ class Journal:
                 rows = self._conn(self._c).execute(sql, {"now": now, "n": n, "cat": category}).fetchall()
             except sqlite3.Error as exc:
                 raise JournalError(f"cannot read: {exc}", path=str(self.path)) from exc
-        if not rows:
-            return [], []
-        good, bad = _decode_rows(rows)
-        if bad:
-            self._write(lambda c: _move_dead(c, [(k, r) for k, _, r in bad], now, table="ops", add_attempt=0))
-        claimed = self._claim("ops", good, now)
-        return [g for g in good if g.key in claimed], [(i, r) for _, i, r in bad]
+        return rows, now
 
-    def _claim(self, table: str, good: list[LeasedOp], now: float) -> set[int]:
-        """Lease ``good`` rows that are still ready: one statement under the write lock."""
-        if not good:
-            return set()
+    def dead_letter(self, bad: Sequence[tuple[int, str, str]], now: float) -> None:
+        """Move rows that failed their checksum or decode (``(key, id, reason)``) to dead."""
+        self._write(lambda c: _move_dead(c, [(k, r) for k, _, r in bad], now, table="ops", add_attempt=0))
+
+    def claim_statements(self, table: str, good: Sequence[LeasedOp], now: float) -> list[tuple[str, tuple[Any, ...], list[int]]]:
+        """``(sql, params, keys)`` per chunk: each leases its keys that are still ready."""
         sql = LEASE_CLAIM_OPS if table == "ops" else LEASE_CLAIM_HELD
         until = now + self.config.lease_seconds
-        claimed: set[int] = set()
+        out = []
         for i in range(0, len(good), CHUNK):
             keys = [g.key for g in good[i : i + CHUNK]]
-            params = (self.owner, until, json.dumps(keys), now)
-            if self._write_one(sql, params) == len(keys):
+            out.append((sql, (self.owner, until, json.dumps(keys), now), keys))
+        return out
+
+    def claimed_keys(self, table: str, params: tuple[Any, ...]) -> list[int]:
+        """After a claim changed fewer rows than asked (a race): which keys are ours."""
+        return [r[0] for r in self._read_c(CLAIMED.format(table=table), params[:3])]
+
+    def ack_statements(self, keys: Sequence[int]) -> list[tuple[str, tuple[Any, ...], int]]:
+        """``(sql, params, count)`` per chunk: each deletes delivered rows."""
+        return [(ACK_OPS, (json.dumps(keys[i : i + CHUNK]),), len(keys[i : i + CHUNK]))
+                for i in range(0, len(keys), CHUNK)]
+
+    def acks_only(self, s: Settlement) -> bool:
+        """True when ``s`` only deletes delivered rows (``ack_statements`` applies it)."""
+        return bool(s.acked) and not (self.config.retention_seconds > 0 or s.retry or s.release or s.dead or s.held)
+
+    def _claim(self, table: str, good: list[LeasedOp], now: float) -> set[int]:
+        """Lease ``good`` rows that are still ready: one statement per chunk."""
+        claimed: set[int] = set()
+        for sql, params, keys in self.claim_statements(table, good, now):
+            if self.write_one(sql, params) == len(keys):
                 claimed.update(keys)
             else:
-                claimed.update(r[0] for r in self._read_c(CLAIMED.format(table=table), params[:3]))
+                claimed.update(self.claimed_keys(table, params))
         return claimed
 
-    def _write_one(self, sql: str, params: Any) -> int:
-        """One statement in its own (autocommit) transaction; returns rows changed."""
+    def write_one(self, sql: str, params: Any, *, removes: int = 0) -> int:
+        """One statement in its own (autocommit) transaction; returns rows changed.
+
+        ``removes`` is how many undelivered rows it deletes (for the depth estimate).
+        """
         with self._clock_c, self._wlock:
             c = self._conn(self._c)
             try:
@@ -439,7 +475,34 @@ class Journal:
             except sqlite3.Error as exc:
                 raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
             self.commits += 1
+            self._depth_delta -= removes
             return int(n)
+
+    def write_now(self, sql: str, params: Any, *, removes: int = 0) -> int | None:
+        """``write_one`` if it can run at once, else None (nothing written).
+
+        It never waits: not for this process's writer lock, not for another
+        process's SQLite lock (busy_timeout 0 on its connection). So an event loop
+        may call it: the statement runs whole, no lock is held across an await, and
+        a busy journal sends the caller to ``write_one`` on a worker thread.
+        """
+        if not self._wlock.acquire(blocking=False):
+            return None
+        try:
+            c = self._conn(self._lw)
+            try:
+                n = c.execute(sql, params).rowcount
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):
+                    return None
+                raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
+            except sqlite3.Error as exc:
+                raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
+            self.commits += 1
+            self._depth_delta -= removes
+            return int(n)
+        finally:
+            self._wlock.release()
 
     def _read_c(self, sql: str, params: Any) -> list[Any]:
         with self._clock_c:
@@ -455,7 +518,7 @@ class Journal:
             rows = self._conn(self._c).execute(LEASE_HELD, {"now": now, "n": n}).fetchall()
         if not rows:
             return []
-        good, bad = _decode_rows(rows)
+        good, bad = decode_rows(rows)
         if bad:  # the fallback already has these; a damaged copy here cannot be re-sent
             self._write(lambda c: c.executemany("DELETE FROM held WHERE k = ?", [(k,) for k, _, _ in bad]))
         claimed = self._claim("held", good, now)
@@ -467,12 +530,10 @@ class Journal:
         """Apply a batch's outcomes in one transaction."""
         now = self.clock()
         keep = self.config.retention_seconds > 0
-        if s.acked and not (keep or s.retry or s.release or s.dead or s.held):
+        if self.acks_only(s):
             # The common case: one statement per chunk, each its own transaction.
-            for i in range(0, len(s.acked), CHUNK):
-                self._write_one(ACK_OPS, (json.dumps(s.acked[i : i + CHUNK]),))
-            with self._wlock:
-                self._depth_delta -= len(s.acked)
+            for sql, params, n in self.ack_statements(s.acked):
+                self.write_one(sql, params, removes=n)
             return
 
         def txn(c: sqlite3.Connection) -> None:
@@ -689,7 +750,8 @@ def _check_row(payload: bytes, crc: int) -> tuple[MemoryOperation | None, str]:
         return None, f"undecodable payload: {exc}"
 
 
-def _decode_rows(rows: list[Any]) -> tuple[list[LeasedOp], list[tuple[int, str, str]]]:
+def decode_rows(rows: list[Any]) -> tuple[list[LeasedOp], list[tuple[int, str, str]]]:
+    """Check and decode ``select_ready`` rows: (leasable ops, ``(key, id, reason)`` of damaged rows)."""
     good: list[LeasedOp] = []
     bad: list[tuple[int, str, str]] = []
     for key, op_id, attempts, crc, payload in rows:
