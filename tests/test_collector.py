@@ -106,6 +106,38 @@ async def test_a_flush_leases_a_partial_batch_while_another_is_in_flight(journal
             slow.gate.set()
 
 
+async def test_the_loop_hands_a_write_to_a_worker_while_another_process_holds_the_lock(
+    journal_path: Path,
+) -> None:
+    # write_now never waits on the loop; when the journal is busy the ack goes to a
+    # worker thread, which waits for the lock and then acknowledges.
+    sink = GateSink()
+    async with AsyncMemoryCollector(journal_path, sink, config=cfg()) as c:
+        ids = [await c.collect_async("qa", f"op {i}") for i in range(10)]
+        await sink.entered.wait()
+        handed: list[str] = []
+        write_one = c.journal.write_one
+
+        def spy(sql: str, params: Any, **kw: Any) -> int:
+            handed.append(sql)
+            return write_one(sql, params, **kw)
+
+        c.journal.write_one = spy  # type: ignore[method-assign]
+        other = sqlite3.connect(journal_path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            sink.gate.set()
+            await wait_for(lambda: bool(handed), timeout=2.0)  # the loop never sleeps on the lock (busy_timeout 5 s)
+            assert c.stats().delivered == 0  # acknowledged only once the lock is free
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        await c.flush_queue(timeout=30)
+        s = c.stats()
+        assert (s.delivered, s.pending, s.leased) == (10, 0, 0)
+        assert sorted(sink.memories) == sorted(ids)
+
+
 async def test_higher_priorities_are_delivered_first_fifo_within_one(journal_path: Path) -> None:
     j = Journal(journal_path)
     j.open()

@@ -7,12 +7,13 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from memwal import InvalidOperation, JournalError, Priority, QueueFull
-from memwal._journal import Journal, Settlement, owner_is_gone
+from memwal._journal import Journal, Settlement, decode_rows, owner_is_gone
 from memwal._schema import SCHEMA_VERSION
 from memwal.testing import ManualClock
 
@@ -206,6 +207,54 @@ class TestOrderAndLeases:
     def test_a_live_owner_is_not_considered_gone(self) -> None:
         assert not owner_is_gone(f"{os.uname().nodename}:{os.getpid()}:x")
         assert not owner_is_gone(f"other-host:{os.getpid() + 10**6}:x")
+
+
+class TestWriteNow:
+    """write_now: the event loop's way to claim and ack, which must never wait."""
+
+    def _claim(self, j: Journal) -> tuple[str, tuple, list[int]]:
+        rows, now = j.select_ready(10)
+        good, _ = decode_rows(rows)
+        return j.claim_statements("ops", good, now)[0]
+
+    def test_it_writes_when_nothing_holds_the_lock(self, journal: Journal) -> None:
+        add(journal, "a")
+        sql, params, keys = self._claim(journal)
+        assert journal.write_now(sql, params) == len(keys) == 1
+        assert journal.counts().leased == 1
+
+    def test_it_gives_up_at_once_while_a_thread_of_this_process_writes(self, journal: Journal) -> None:
+        add(journal, "a")
+        sql, params, _ = self._claim(journal)
+        holding, done = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with journal._wlock:
+                holding.set()
+                done.wait(10)
+
+        t = threading.Thread(target=hold)
+        t.start()
+        try:
+            assert holding.wait(10)
+            assert journal.write_now(sql, params) is None
+        finally:
+            done.set()
+            t.join()
+        assert journal.counts().leased == 0  # nothing was written
+
+    def test_it_gives_up_at_once_while_another_connection_writes(self, journal: Journal, journal_path: Path) -> None:
+        add(journal, "a")
+        sql, params, _ = self._claim(journal)
+        other = sqlite3.connect(journal_path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            assert journal.write_now(sql, params) is None
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert journal.counts().leased == 0
+        assert journal.write_now(sql, params) == 1
 
 
 class TestFind:
