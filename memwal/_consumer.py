@@ -138,6 +138,7 @@ class Consumer:
         self._idle = anyio.Event()
         self._inflight = 0
         self._inflight_ops = 0  # rows leased by in-flight batches
+        self._checkpointing = False
         self._urgent = False  # a flush or a blocking collect waits: lease partial batches at once
         self.settling = 0  # batches whose rows may have left the journal, not yet counted
         self._stopping = False
@@ -282,8 +283,23 @@ class Consumer:
             self._inflight += 1
             self._inflight_ops += len(leased)
             tg.start_soon(self._process, leased)
+            if self.journal.checkpoint_due and not self._checkpointing:
+                # Checkpoint by the WAL's growth, not on a timer: at tens of thousands
+                # of collects a second, a WAL checkpointed once a second grows to
+                # hundreds of MB, and every page another connection's commit makes
+                # collect() re-read is looked up through all of it.
+                self._checkpointing = True
+                tg.start_soon(self._checkpoint)
         while self._inflight:
             await self.wait_progress(poll)
+
+    async def _checkpoint(self) -> None:
+        try:
+            await anyio.to_thread.run_sync(functools.partial(self.journal.maybe_checkpoint, idle=False))
+        except JournalError as exc:
+            log.warning("journal checkpoint failed: %s", exc)
+        finally:
+            self._checkpointing = False
 
     async def _process(self, leased: list[LeasedOp]) -> None:
         try:
