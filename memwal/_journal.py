@@ -2,7 +2,8 @@
 
 Every method is synchronous and runs one short transaction whole, so no SQLite lock
 is ever held across an await: the async consumer calls the consumer-side methods on a
-worker thread. One in-process lock (``_wlock``) orders this process's writers, so a
+worker thread, except ``write_now``, which never waits and so may run on the event
+loop. One in-process lock (``_wlock``) orders this process's writers, so a
 ``collect`` waiting on the consumer's transaction wakes as soon as it commits instead
 of sleeping in SQLite's busy handler; other processes are ordered by SQLite's lock.
 """
