@@ -470,14 +470,16 @@ class Journal:
         ``removes`` is how many undelivered rows it deletes (for the depth estimate).
         """
         with self._clock_c, self._wlock:
-            c = self._conn(self._c)
             try:
-                n = c.execute(sql, params).rowcount
+                return self._run_one(self._conn(self._c), sql, params, removes)
             except sqlite3.Error as exc:
                 raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
-            self.commits += 1
-            self._depth_delta -= removes
-            return int(n)
+
+    def _run_one(self, c: sqlite3.Connection, sql: str, params: Any, removes: int) -> int:
+        n = int(c.execute(sql, params).rowcount)  # the caller holds _wlock
+        self.commits += 1
+        self._depth_delta -= removes
+        return n
 
     def write_now(self, sql: str, params: Any, *, removes: int = 0) -> int | None:
         """``write_one`` if it can run at once, else None (nothing written).
@@ -490,18 +492,14 @@ class Journal:
         if not self._wlock.acquire(blocking=False):
             return None
         try:
-            c = self._conn(self._lw)
             try:
-                n = c.execute(sql, params).rowcount
+                return self._run_one(self._conn(self._lw), sql, params, removes)
             except sqlite3.OperationalError as exc:
                 if "locked" in str(exc) or "busy" in str(exc):
                     return None
                 raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
             except sqlite3.Error as exc:
                 raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
-            self.commits += 1
-            self._depth_delta -= removes
-            return int(n)
         finally:
             self._wlock.release()
 
