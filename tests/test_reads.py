@@ -414,7 +414,10 @@ async def test_reads_through_mem0_with_read_your_writes_and_fewer_requests(journ
                 await c.search("tokenizer", category="bug")  # mem0 cannot answer: no partial result
 
             fake.configure(down=None)
-            assert ids(await c.search("tokenizer", category="bug"))[0] == d  # pending first
+            # d is pending or, once its retry ran, in mem0: either way the search has it.
+            # (Pending-first order is tested with a sink that holds rows; here the
+            # retry may land before the search.)
+            assert d in ids(await c.search("tokenizer", category="bug"))
             await c.flush_queue(timeout=10)
             assert set(ids(await c.search("tokenizer", category="bug"))) == {a, d}
             assert (await c.get(d)).stored_at > 0  # type: ignore[union-attr]
