@@ -288,14 +288,17 @@ class Consumer:
                 # of collects a second, a WAL checkpointed once a second grows to
                 # hundreds of MB, and every page another connection's commit makes
                 # collect() re-read is looked up through all of it.
-                self._checkpointing = True
-                tg.start_soon(self._checkpoint)
+                tg.start_soon(self._checkpoint, False)
         while self._inflight:
             await self.wait_progress(poll)
 
-    async def _checkpoint(self) -> None:
+    async def _checkpoint(self, idle: bool) -> None:
+        """The lease loop's and housekeeping's checkpoint: one at a time."""
+        if self._checkpointing:
+            return
+        self._checkpointing = True
         try:
-            await anyio.to_thread.run_sync(functools.partial(self.journal.maybe_checkpoint, idle=False))
+            await anyio.to_thread.run_sync(functools.partial(self.journal.maybe_checkpoint, idle=idle))
         except JournalError as exc:
             log.warning("journal checkpoint failed: %s", exc)
         finally:
@@ -444,7 +447,7 @@ class Consumer:
             tick += 1
             idle, seen = self.counters.collected == seen, self.counters.collected
             try:
-                await anyio.to_thread.run_sync(functools.partial(self.journal.maybe_checkpoint, idle=idle))
+                await self._checkpoint(idle)
                 await anyio.to_thread.run_sync(self.journal.refresh_depth)
                 if tick % 5 == 0:
                     await anyio.to_thread.run_sync(self.journal.recover)

@@ -170,7 +170,6 @@ class IdGenerator:
         return self._last
 
 
-_LOW56 = (1 << 56) - 1
 _getrandbits = random.getrandbits
 _time_ns = time.time_ns
 _TAILS: list[str] = []
