@@ -221,8 +221,9 @@ class AsyncMemoryCollector:
                     self.counters.drops["queue_full_timeout"] += 1
                     raise QueueFull(exc.depth, exc.limit, waited=timeout) from None
                 assert self._consumer is not None
+                # The next append counts the journal again once the last count is
+                # EXACT_COUNT_TTL old; room made by this process shows at once.
                 await self._consumer.wait_progress(min(left, self.config.journal.poll_interval * 4))
-                await anyio.to_thread.run_sync(self.journal.refresh_depth)
 
     async def _wait_delivered(self, op_id: str) -> None:
         assert self._consumer is not None

@@ -54,6 +54,8 @@ log = logging.getLogger("memwal")
 
 # Rows per claim or ack statement (the write lock is held for one statement).
 CHUNK = 128
+# Near the bound, how long an exact count of the journal is trusted (seconds).
+EXACT_COUNT_TTL = 0.1
 
 
 class LeasedOp(NamedTuple):
@@ -141,6 +143,7 @@ class Journal:
         # added since, minus what it removed. Exact counting happens near the limit.
         self._depth_base = 0
         self._depth_delta = 0
+        self._counted_at = float("-inf")  # monotonic time of the last exact count
         # Commits since the last checkpoint, this process's (a proxy for WAL pages).
         self.commits = 0
         self._checkpointed_at = 0
@@ -301,7 +304,8 @@ class Journal:
                     if op_id is not None:
                         self._append_known_id(w, row, seq)
                         return op, None
-                    if self._depth_base + self._depth_delta < limit - (limit // 10 or 1):
+                    depth = self._depth_base + self._depth_delta
+                    if depth < limit - (limit // 10 or 1) or (depth < limit and self._count_is_fresh()):
                         w.execute(INSERT_OP, row)
                         self._depth_delta += 1
                         self.commits += 1
@@ -316,22 +320,40 @@ class Journal:
     def _append_exact(
         self, w: sqlite3.Connection, row: tuple[Any, ...], priority: Priority, limit: int, on_full: str
     ) -> str | None:
+        # Near the limit: count the journal (other processes' rows too), unless a count
+        # younger than EXACT_COUNT_TTL already says it is full. A count scans the whole
+        # table (~6 ms at 90,000 rows), so counting on every append there would make
+        # each collect that slow just when the consumer needs the time most.
+        fresh = self._count_is_fresh()
+        if fresh and on_full != "drop_oldest":
+            raise QueueFull(self._depth_base + self._depth_delta, limit)
         w.execute("BEGIN IMMEDIATE")
         try:
-            depth = w.execute("SELECT count(*) FROM ops").fetchone()[0]
-            dropped = None
-            if depth >= limit:
-                dropped = self._evict(w, priority) if on_full == "drop_oldest" else None
-                if dropped is None:
-                    raise QueueFull(depth, limit)
-                depth -= 1
-            w.execute(INSERT_OP, row)
-            w.execute("COMMIT")
+            depth = self._depth_base + self._depth_delta if fresh else w.execute("SELECT count(*) FROM ops").fetchone()[0]
+            full = depth >= limit
+            dropped = self._evict(w, priority) if full and on_full == "drop_oldest" else None
+            if full and dropped is None:
+                w.execute("ROLLBACK")
+            else:
+                w.execute(INSERT_OP, row)
+                w.execute("COMMIT")
         except BaseException:
             w.execute("ROLLBACK")
             raise
-        self._depth_base, self._depth_delta = depth + 1, 0
+        if not fresh:
+            self._set_depth(depth)
+        if full and dropped is None:
+            raise QueueFull(depth, limit)
+        if dropped is None:
+            self._depth_delta += 1
         return dropped
+
+    def _count_is_fresh(self) -> bool:
+        return time.monotonic() - self._counted_at < EXACT_COUNT_TTL
+
+    def _set_depth(self, n: int) -> None:
+        """Record an exact count (the caller holds _wlock or owns the journal alone)."""
+        self._depth_base, self._depth_delta, self._counted_at = n, 0, time.monotonic()
 
     def _append_known_id(self, w: sqlite3.Connection, row: tuple[Any, ...], seq: int) -> None:
         # Imports keep their ids: refuse one present in any table under any priority.
@@ -371,7 +393,7 @@ class Journal:
         with self._rlock:
             n = int(self._conn(self._r).execute("SELECT count(*) FROM ops").fetchone()[0])
         with self._wlock:
-            self._depth_base, self._depth_delta = n, 0
+            self._set_depth(n)
         return n
 
     # -- consumer ----------------------------------------------------------------

@@ -8,12 +8,14 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from memwal import InvalidOperation, JournalError, Priority, QueueFull
-from memwal._journal import Journal, Settlement, decode_rows, owner_is_gone
+from memwal import _journal as journal_module
+from memwal._journal import EXACT_COUNT_TTL, Journal, Settlement, decode_rows, owner_is_gone
 from memwal._schema import SCHEMA_VERSION
 from memwal.testing import ManualClock
 
@@ -311,6 +313,43 @@ class TestBackPressure:
         a.refresh_depth()
         with pytest.raises(QueueFull):
             add(a, "x", limit=5)
+        a.close()
+        b.close()
+
+    def test_near_the_bound_the_journal_is_counted_at_most_once_per_ttl(self, journal_path: Path) -> None:
+        # A count scans the table; counting on every append near the bound made each
+        # collect there cost milliseconds. Within a process the estimate stays exact.
+        j = Journal(journal_path)
+        j.open()
+        counts: list[str] = []
+        assert j._w is not None
+        j._w.set_trace_callback(lambda sql: counts.append(sql) if "count(*)" in sql else None)
+        started = time.monotonic()
+        for i in range(95):  # the last 10% of the bound is where counting starts
+            add(j, str(i), limit=100)
+        with pytest.raises(QueueFull, match="journal holds 100 undelivered operations, limit is 100"):
+            for i in range(10):
+                add(j, f"more {i}", limit=100)
+        elapsed = time.monotonic() - started
+        assert j.counts().pending == 100
+        assert len(counts) <= 1 + elapsed / EXACT_COUNT_TTL
+        j.close()
+
+    def test_another_processes_rows_count_once_the_last_count_is_stale(
+        self, journal_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(journal_module, "EXACT_COUNT_TTL", 3600.0)  # a's count at open stays trusted
+        a, b = Journal(journal_path), Journal(journal_path)
+        a.open()
+        b.open()
+        for i in range(95):
+            add(a, str(i), limit=100)
+        for i in range(5):
+            add(b, f"b{i}")
+        add(a, "within the trusted count", limit=100)  # a counted at open: b's rows unseen
+        monkeypatch.setattr(journal_module, "EXACT_COUNT_TTL", 0.0)  # as if the count aged
+        with pytest.raises(QueueFull, match="journal holds 101 undelivered operations, limit is 100"):
+            add(a, "one too many", limit=100)
         a.close()
         b.close()
 
