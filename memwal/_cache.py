@@ -3,7 +3,8 @@
 How staleness is ruled out (the reader in ``_reads.py`` relies on each point):
 
 - A found memory never changes, so ``get`` entries live until the TTL or until the
-  same id is collected again. A miss (None) is never cached: an unknown id can become
+  same id is collected again. A search fills them too, with the stored memories it
+  returned (never with pending ones). A miss (None) is never cached: an unknown id can become
   known through paths this process does not see (another process, reconciliation).
 - A query entry (search, recent) depends on a *scope* ``(category, project)``, either
   part None for "any". Each collected operation stamps the four scopes it can change

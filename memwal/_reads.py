@@ -186,6 +186,8 @@ class Reader:
         result = merge_search(pending, stored, limit)
         ids = {m.id for m in pending}
         self._store(key, tuple(result), token, (cat, proj), any(m.id in ids for m in result))
+        for m in stored:  # each is the memory a get of its id would read: agents recall, then open
+            self._store(("get", m.id), m, token, None, False)
         return result
 
     async def recent(self, category: str | None = None, *, limit: int = 20) -> list[Memory]:

@@ -154,6 +154,30 @@ async def test_get_after_delivery_reads_the_sink_then_hits_the_cache(journal_pat
         assert hits(c) == before + 1
 
 
+async def test_a_memory_a_search_returned_is_then_got_from_the_cache(journal_path: Path, store_path: Path) -> None:
+    # Agents recall (search), then open what they found (get): the search's stored
+    # results are the very memories a get would read, so they fill the get cache.
+    class CountingSQLiteSink(SQLiteSink):
+        gets = 0
+
+        async def get(self, op_id: str) -> Memory | None:
+            self.gets += 1
+            return await super().get(op_id)
+
+    sink = CountingSQLiteSink(store_path)
+    async with AsyncMemoryCollector(journal_path, sink, config=cfg()) as c:
+        stored_id = c.collect("decision", "use WAL mode for the journal")
+        await c.flush_queue(timeout=10)
+        pending_id = c.collect("decision", "use WAL mode for the memory store too")  # likely still pending
+        found = await c.search("WAL mode", category="decision")
+        assert set(ids(found)) == {stored_id, pending_id}
+        before = hits(c)
+        got = await c.get(stored_id)
+        assert got == next(m for m in found if m.id == stored_id) and got.stored_at > 0
+        assert hits(c) == before + 1 and sink.gets == 0
+        assert (await c.get(pending_id)) is not None  # a pending op is never cached as stored
+
+
 async def test_an_unknown_id_is_none_and_never_cached(journal_path: Path) -> None:
     async with AsyncMemoryCollector(journal_path, MemorySink(), config=cfg()) as c:
         unknown = "01900000-0000-7000-8000-000000000000"
