@@ -133,6 +133,7 @@ class MemoryCache:
         self._writes = 0  # operations collected so far: the clock tokens are read from
         self._floor = 0  # scoped entries read before this write are void (the stamp table was reset)
         self._stamps: dict[Scope, int] = {}  # scope -> the write that last changed it
+        self._max_stamps = 4 * max_size + 16  # past it, the table resets (see invalidate)
         self._settles = 0
         self._settled_mark = 0
         self._nbytes = 0
@@ -210,7 +211,7 @@ class MemoryCache:
 
     # -- invalidation --------------------------------------------------------------
 
-    def invalidate(self, op: MemoryOperation, *, dropped: str | None = None, fresh: bool = False) -> None:
+    def invalidate(self, op: MemoryOperation, dropped: str | None = None, fresh: bool = False) -> None:
         """A new operation was collected: void what it can change (its id, its scopes).
 
         ``dropped`` is the id of a pending operation evicted to make room for it.
@@ -223,7 +224,7 @@ class MemoryCache:
             stamps[(None, None)] = stamps[(op.category, None)] = w
             if op.project is not None:
                 stamps[(None, op.project)] = stamps[(op.category, op.project)] = w
-            if len(stamps) > 4 * self.max_size + 16:
+            if len(stamps) > self._max_stamps:
                 stamps.clear()  # bound the table: void every scoped entry instead
                 self._floor = w
             if not fresh:

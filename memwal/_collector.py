@@ -28,6 +28,7 @@ from ._stats import CollectorStats, Counters, snapshot
 __all__ = ["AsyncMemoryCollector"]
 
 log = logging.getLogger("memwal")
+_debug_on = log.isEnabledFor  # collect() skips building its DEBUG record when nobody listens
 _perf_ns = time.perf_counter_ns
 
 Category = str | MemoryCategory
@@ -69,6 +70,13 @@ class AsyncMemoryCollector:
         self._reader = Reader(self.journal, sink, self.cache, self.counters,
                               timeout=self.config.performance.operation_timeout)
         self._state = "new"
+        # collect()'s settings, fixed for the collector's life (configure() cannot change them)
+        ac = self.config.async_collection
+        self._max_content = self.config.journal.max_content_bytes
+        self._limit = ac.max_queue_size
+        self._block = ac.on_full == "block"
+        self._on_full = "reject" if self._block else ac.on_full  # what an append does at once
+        self._enabled = ac.enabled
 
     def __repr__(self) -> str:
         c = self.counters
@@ -139,23 +147,21 @@ class AsyncMemoryCollector:
         t0 = _perf_ns()
         if self._state != "running":
             raise JournalError(f"collector is {self._state}", path=str(self.journal.path))
-        ac = self.config.async_collection
         cat, text, meta, prio, tag_t, proj = validate(
-            category, content, metadata, priority, tags, project,
-            max_content_bytes=self.config.journal.max_content_bytes,
+            category, content, metadata, priority, tags, project, max_content_bytes=self._max_content
         )
-        op, dropped = self.journal.append(
-            cat, text, meta, prio, tag_t, proj, limit=ac.max_queue_size, on_full=on_full
-        )
-        if self.cache is not None:  # before collect returns: the next read must see this op
-            self.cache.invalidate(op, dropped=dropped, fresh=True)
+        op, dropped = self.journal.append(cat, text, meta, prio, tag_t, proj, limit=self._limit, on_full=on_full)
+        cache = self.cache
+        if cache is not None:  # before collect returns: the next read must see this op
+            cache.invalidate(op, dropped, True)
         c = self.counters
         c.collected += 1
         if dropped is not None:
             c.drops["queue_full_drop_oldest"] += 1
             log.warning("operation %s dropped to make room (on_full=drop_oldest) for %s", dropped, op.id)
         c.collect_us.add((_perf_ns() - t0) / 1000)
-        log.debug("operation %s collected (%s, %s)", op.id, cat, prio.value)
+        if _debug_on(logging.DEBUG):
+            log.debug("operation %s collected (%s, %s)", op.id, cat, prio.value)
         assert self._consumer is not None
         self._consumer.wake()
         return op.id
@@ -175,9 +181,7 @@ class AsyncMemoryCollector:
         With ``on_full: block`` a full journal raises QueueFull at once here (blocking
         the event loop would stop the consumer that makes room); use collect_async.
         """
-        on_full = self.config.async_collection.on_full
-        return self._append(category, content, metadata, priority, tags, project,
-                            "reject" if on_full == "block" else on_full)
+        return self._append(category, content, metadata, priority, tags, project, self._on_full)
 
     async def collect_async(
         self,
@@ -195,15 +199,13 @@ class AsyncMemoryCollector:
         ``collect_timeout`` for room, then raises QueueFull. With
         ``async_collection.enabled: false`` returns only once the operation is delivered.
         """
-        ac = self.config.async_collection
-        block = ac.on_full == "block"
         try:
-            op_id = self._append(category, content, metadata, priority, tags, project, "reject" if block else ac.on_full)
+            op_id = self._append(category, content, metadata, priority, tags, project, self._on_full)
         except QueueFull:
-            if not block:
+            if not self._block:
                 raise
             op_id = await self._append_blocking(category, content, metadata, priority, tags, project)
-        if not ac.enabled:
+        if not self._enabled:
             await self._wait_delivered(op_id)
         return op_id
 

@@ -140,6 +140,7 @@ class Consumer:
         self._inflight_ops = 0  # rows leased by in-flight batches
         self._checkpointing = False
         self._urgent = False  # a flush or a blocking collect waits: lease partial batches at once
+        self._gathering = False  # napping while a batch is in flight and the next one fills
         self.settling = 0  # batches whose rows may have left the journal, not yet counted
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -175,10 +176,15 @@ class Consumer:
         ``_wake_requested`` stays set until the loop consumes the event, so a burst
         of collects costs one Event.set (or one call_soon_threadsafe), not one each.
         ``urgent`` (a flush, a blocking collect) also lets the loop lease a partial
-        batch while another is in flight.
+        batch while another is in flight. While rows gather behind an in-flight batch,
+        a plain wake is ignored until a whole batch waits: the settle wakes the loop
+        anyway, and waking it for every collect only to nap again costs the loop's
+        thread (where collect runs) an Event and a cancel scope each time.
         """
         if urgent:
             self._urgent = True
+        elif self._gathering and self.journal.depth_estimate - self._inflight_ops < self.batch_size:
+            return
         if self._wake_requested:
             return
         self._wake_requested = True
@@ -262,7 +268,11 @@ class Consumer:
                 # instead of leaving in tiny batches; each batch costs two journal
                 # transactions and thread hops whatever its size. Under light load
                 # nothing is in flight and a single row is leased at once.
-                await self._nap(poll)  # a settle or an urgent wake ends it
+                self._gathering = True
+                try:
+                    await self._nap(poll)  # a settle, an urgent wake or a full batch ends it
+                finally:
+                    self._gathering = False
                 continue
             wait = self._breaker_wait()
             if wait > 0:

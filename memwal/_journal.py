@@ -135,6 +135,7 @@ class Journal:
         self._clock_c = threading.Lock()  # guards the consumer connection
         self._rlock = threading.Lock()  # guards the read connection
         self._w: sqlite3.Connection | None = None
+        self._wc: sqlite3.Cursor | None = None  # the producer's INSERT reuses one cursor
         self._c: sqlite3.Connection | None = None
         self._r: sqlite3.Connection | None = None
         self._lw: sqlite3.Connection | None = None  # write_now's: never waits on a lock
@@ -185,6 +186,7 @@ class Journal:
                 raise
         try:
             self._w = self._connect()
+            self._wc = self._w.cursor()
             self._r = self._connect()
             self._r.execute("PRAGMA query_only=1")
             self._lw = self._connect()
@@ -216,6 +218,7 @@ class Journal:
             if conn is not None:
                 conn.close()
         self._w = self._c = self._r = self._lw = None
+        self._wc = None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -284,6 +287,7 @@ class Journal:
         """
         rank_key = _RANK_KEY[priority]
         next_id = self.ids.next
+        soft_limit = limit - (limit // 10 or 1)  # below it, the estimate decides alone
         for _ in range(8):
             if op_id is None:
                 new_id, seq = next_id()
@@ -298,19 +302,19 @@ class Journal:
             row = (rank_key | seq, new_id, category, created_at, _crc32(payload), payload)
             try:
                 with self._wlock:
-                    w = self._w
-                    if w is None or self._closed:
+                    cur = self._wc
+                    if cur is None or self._closed:
                         raise JournalError("journal is closed", path=str(self.path))
                     if op_id is not None:
-                        self._append_known_id(w, row, seq)
+                        self._append_known_id(cur.connection, row, seq)
                         return op, None
                     depth = self._depth_base + self._depth_delta
-                    if depth < limit - (limit // 10 or 1) or (depth < limit and self._count_is_fresh()):
-                        w.execute(INSERT_OP, row)
+                    if depth < soft_limit or (depth < limit and self._count_is_fresh()):
+                        cur.execute(INSERT_OP, row)
                         self._depth_delta += 1
                         self.commits += 1
                         return op, None
-                    return op, self._append_exact(w, row, priority, limit, on_full)
+                    return op, self._append_exact(cur.connection, row, priority, limit, on_full)
             except sqlite3.IntegrityError:
                 continue  # another process took the same key in the same microsecond
             except sqlite3.Error as exc:

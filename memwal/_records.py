@@ -352,8 +352,10 @@ def validate(
     return (
         cat,
         content,  # type: ignore[return-value]  # checked above
-        check_metadata(metadata),
-        normalise_priority(priority, cat),
+        {} if metadata is None else check_metadata(metadata),
+        # the default inline (as in normalise_priority): this is collect()'s hot path
+        (Priority.HIGH if cat in _URGENT else Priority.MEDIUM) if priority is None
+        else normalise_priority(priority, cat),
         () if tags == () else check_tags(tags),
         None if project is None else check_project(project),
     )

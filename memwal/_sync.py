@@ -66,12 +66,11 @@ class MemoryCollector:
         With ``on_full: block`` waits (this thread only) up to ``collect_timeout`` for room.
         """
         a = self._async
-        on_full = a.config.async_collection.on_full
-        if on_full != "block":
-            return a._append(category, content, metadata, priority, tags, project, on_full)
         try:
-            return a._append(category, content, metadata, priority, tags, project, "reject")
+            return a._append(category, content, metadata, priority, tags, project, a._on_full)
         except QueueFull:
+            if not a._block:
+                raise
             op_id: str = self._portal.call(a._append_blocking, category, content, metadata, priority, tags, project)
             return op_id
 

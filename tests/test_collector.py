@@ -93,6 +93,42 @@ async def test_rows_gather_for_one_batch_while_another_is_in_flight(journal_path
     assert sink.arrived == [[first], later]
 
 
+async def test_while_rows_gather_a_collect_wakes_the_lease_loop_only_for_a_whole_batch(
+    journal_path: Path,
+) -> None:
+    # Waking the loop for every collect only to nap again costs the thread collect runs
+    # on; the settle of the batch in flight wakes it anyway. The collect that completes
+    # a batch does wake it (poll_interval 60: nothing else could), so a second batch
+    # leaves while the first is still in flight.
+    sink = GateSink()
+    config = cfg(async_collection={"batch_size": 10}, journal={"poll_interval": 60.0})
+    async with AsyncMemoryCollector(journal_path, sink, config=config) as c:
+        await c.collect_async("qa", "first")
+        await sink.entered.wait()
+        sink.entered = anyio.Event()
+        consumer = c._consumer
+        assert consumer is not None
+        naps = 0
+        nap = consumer._nap
+
+        async def counting_nap(seconds: float) -> None:
+            nonlocal naps
+            naps += 1
+            await nap(seconds)
+
+        consumer._nap = counting_nap  # type: ignore[method-assign]
+        nine = []
+        for i in range(9):
+            nine.append(await c.collect_async("qa", f"op {i}"))
+            for _ in range(5):
+                await anyio.lowlevel.checkpoint()  # a woken loop would run and nap again here
+        assert naps == 0 and len(sink.arrived) == 1
+        tenth = await c.collect_async("qa", "op 9")
+        await sink.entered.wait()
+        assert sink.arrived[1] == [*nine, tenth]
+        sink.gate.set()
+
+
 async def test_a_flush_leases_a_partial_batch_while_another_is_in_flight(journal_path: Path) -> None:
     slow = GateSink()
     config = cfg(journal={"poll_interval": 60.0})  # only a wake-up can move the lease loop
