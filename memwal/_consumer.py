@@ -381,11 +381,12 @@ class Consumer:
         return [g for g in good if g.key in claimed], [(op_id, reason) for _, op_id, reason in bad]
 
     async def _settle(self, s: Settlement) -> None:
-        if self.journal.acks_only(s):
-            for sql, params, n in self.journal.ack_statements(s.acked):
-                await self._write(sql, params, removes=n)
-        else:
+        statements = self.journal.settle_statements(s)
+        if statements is None:  # dead letters, held rows or retention: one transaction
             await anyio.to_thread.run_sync(self.journal.settle, s)
+            return
+        for sql, params, n in statements:
+            await self._write(sql, params, removes=n)
 
     async def _deliver_group(self, group: list[LeasedOp], parts: list[Settlement]) -> None:
         ops = [g.op for g in group]

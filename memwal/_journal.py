@@ -44,6 +44,8 @@ from ._schema import (
     LEASE_SELECT,
     MIGRATIONS,
     RANK_SHIFT,
+    RELEASE_OPS,
+    RETRY_OPS,
     SCHEMA_VERSION,
     SEQ_MASK,
 )
@@ -471,14 +473,24 @@ class Journal:
         """After a claim changed fewer rows than asked (a race): which keys are ours."""
         return [r[0] for r in self._read_c(CLAIMED.format(table=table), params[:3])]
 
-    def ack_statements(self, keys: Sequence[int]) -> list[tuple[str, tuple[Any, ...], int]]:
-        """``(sql, params, count)`` per chunk: each deletes delivered rows."""
-        return [(ACK_OPS, (json.dumps(keys[i : i + CHUNK]),), len(keys[i : i + CHUNK]))
-                for i in range(0, len(keys), CHUNK)]
+    def settle_statements(self, s: Settlement) -> list[tuple[str, tuple[Any, ...], int]] | None:
+        """``s`` as single statements ``(sql, params, rows removed)``, or None.
 
-    def acks_only(self, s: Settlement) -> bool:
-        """True when ``s`` only deletes delivered rows (``ack_statements`` applies it)."""
-        return bool(s.acked) and not (self.config.retention_seconds > 0 or s.retry or s.release or s.dead or s.held)
+        Acknowledgements, retries and releases each change a row in one statement, so
+        they need no shared transaction: a crash between two statements leaves each row
+        settled or still leased (its lease expires and it is delivered again). Dead
+        letters, held rows and retention move rows between tables: None, use ``settle``.
+        """
+        if s.dead or s.held or (s.acked and self.config.retention_seconds > 0):
+            return None
+        def chunks(rows: Sequence[Any]) -> list[Any]:
+            return [rows[i : i + CHUNK] for i in range(0, len(rows), CHUNK)]
+
+        return [
+            *((ACK_OPS, (json.dumps(keys),), len(keys)) for keys in chunks(s.acked)),
+            *((RETRY_OPS, (json.dumps(rows), self.owner), 0) for rows in chunks(s.retry)),
+            *((RELEASE_OPS, (json.dumps(keys), self.owner), 0) for keys in chunks(s.release)),
+        ]
 
     def _claim(self, table: str, good: list[LeasedOp], now: float) -> set[int]:
         """Lease ``good`` rows that are still ready: one statement per chunk."""
@@ -555,9 +567,9 @@ class Journal:
         """Apply a batch's outcomes in one transaction."""
         now = self.clock()
         keep = self.config.retention_seconds > 0
-        if self.acks_only(s):
-            # The common case: one statement per chunk, each its own transaction.
-            for sql, params, n in self.ack_statements(s.acked):
+        statements = self.settle_statements(s)
+        if statements is not None:  # the common case: one statement per chunk
+            for sql, params, n in statements:
                 self.write_one(sql, params, removes=n)
             return
 

@@ -100,3 +100,9 @@ CLAIMED = """
 """
 
 ACK_OPS = "DELETE FROM ops WHERE k IN (SELECT value FROM json_each(?))"
+# A failed delivery's rows, one JSON array of [k, error, not_before] per statement.
+RETRY_OPS = """UPDATE ops SET state = 0, attempts = attempts + 1, last_error = json_extract(r.value, '$[1]'),
+    not_before = json_extract(r.value, '$[2]'), lease_owner = NULL, lease_until = NULL
+    FROM json_each(?1) AS r WHERE ops.k = json_extract(r.value, '$[0]') AND ops.lease_owner = ?2"""
+RELEASE_OPS = """UPDATE ops SET state = 0, lease_owner = NULL, lease_until = NULL
+    WHERE k IN (SELECT value FROM json_each(?1)) AND lease_owner = ?2"""

@@ -144,6 +144,27 @@ async def test_a_flush_leases_a_partial_batch_while_another_is_in_flight(journal
             slow.gate.set()
 
 
+async def test_a_failed_batch_is_put_back_for_retry_on_the_loop_like_an_ack(journal_path: Path) -> None:
+    # settle's one transaction runs on a worker thread that holds the writer lock while
+    # it needs the GIL back, so collects would wait on it; a retry needs no transaction.
+    sink = FlakySink(fail_next=1)
+    async with AsyncMemoryCollector(journal_path, sink, config=cfg()) as c:
+        transactions: list[Any] = []
+        settle = c.journal.settle
+
+        def spy(s: Any) -> None:
+            transactions.append(s)
+            settle(s)
+
+        c.journal.settle = spy  # type: ignore[method-assign]
+        ids = [await c.collect_async("qa", f"op {i}") for i in range(5)]
+        assert await c.flush_queue(timeout=30) == 5
+        s = c.stats()
+        assert sink.failures == 1 and s.retried == 5 and s.delivered == 5
+        assert sorted(sink.memories) == sorted(ids)
+        assert transactions == []
+
+
 async def test_the_loop_hands_a_write_to_a_worker_while_another_process_holds_the_lock(
     journal_path: Path,
 ) -> None:

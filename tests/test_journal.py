@@ -16,7 +16,7 @@ import pytest
 from memwal import InvalidOperation, JournalError, Priority, QueueFull
 from memwal import _journal as journal_module
 from memwal._journal import EXACT_COUNT_TTL, Journal, Settlement, decode_rows, owner_is_gone
-from memwal._schema import SCHEMA_VERSION
+from memwal._schema import ACK_OPS, RELEASE_OPS, RETRY_OPS, SCHEMA_VERSION
 from memwal.testing import ManualClock
 
 
@@ -169,6 +169,52 @@ class TestOrderAndLeases:
         assert claimed == {g.key for g in stale if g.op.content != "x"}
         a.close()
         b.close()
+
+    def test_acks_retries_and_releases_settle_as_single_statements_on_own_leases(
+        self, journal_path: Path
+    ) -> None:
+        # The event loop runs these through write_now, so a retry settles like an ack:
+        # no worker thread holds the writer lock while a collect waits for it.
+        clock = ManualClock()
+        a, b = Journal(journal_path, clock=clock), Journal(journal_path, clock=clock)
+        a.open()
+        b.open()
+        for c in "abcd":
+            add(a, c)
+        mine = {g.op.content: g for g in a.lease(3)[0]}
+        theirs = b.lease(1)[0][0]  # "d", leased by the other consumer
+        now = clock()
+        statements = a.settle_statements(Settlement(
+            acked=[mine["a"].key],
+            retry=[(mine["b"].key, "SinkUnavailable: down \u2717", now + 5), (theirs.key, "not mine", now + 5)],
+            release=[mine["c"].key, theirs.key],
+        ))
+        assert statements is not None
+        assert [sql for sql, _, _ in statements] == [ACK_OPS, RETRY_OPS, RELEASE_OPS]
+        assert [a.write_now(sql, params, removes=n) for sql, params, n in statements] == [1, 1, 1]
+        state = "SELECT state, attempts, last_error, not_before, lease_owner FROM ops WHERE k = ?"
+        assert a._read(state, (mine["a"].key,)) == []
+        assert a._read(state, (mine["b"].key,)) == [(0, 1, "SinkUnavailable: down \u2717", now + 5, None)]
+        assert a._read(state, (mine["c"].key,)) == [(0, 0, None, 0.0, None)]
+        assert a._read(state, (theirs.key,)) == [(1, 0, None, 0.0, b.owner)]  # untouched
+        assert a.counts().pending == 2
+        # Moving rows between tables needs settle's one transaction.
+        assert a.settle_statements(Settlement(dead=[(mine["b"].key, "rejected")])) is None
+        assert a.settle_statements(Settlement(held=[(mine["b"].key, "fallback")])) is None
+        a.close()
+        b.close()
+
+    def test_with_retention_an_ack_needs_the_transaction(self, journal_path: Path) -> None:
+        from memwal import load_config
+
+        j = Journal(journal_path, load_config({"journal": {"retention_seconds": 60}}, env={}).journal)
+        j.open()
+        add(j, "x")
+        g = j.lease(1)[0][0]
+        assert j.settle_statements(Settlement(acked=[g.key])) is None
+        j.settle(Settlement(acked=[g.key]))
+        assert j._read("SELECT count(*) FROM done", ())[0][0] == 1
+        j.close()
 
     def test_retry_state_survives_reopening(self, journal_path: Path) -> None:
         j = Journal(journal_path)
