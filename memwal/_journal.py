@@ -56,6 +56,8 @@ log = logging.getLogger("memwal")
 
 # Rows per claim or ack statement (the write lock is held for one statement).
 CHUNK = 128
+# RETRY_OPS is an UPDATE ... FROM, which SQLite reads since 3.33; older ones retry in settle.
+_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)
 # Near the bound, how long an exact count of the journal is trusted (seconds).
 EXACT_COUNT_TTL = 0.1
 
@@ -481,7 +483,7 @@ class Journal:
         settled or still leased (its lease expires and it is delivered again). Dead
         letters, held rows and retention move rows between tables: None, use ``settle``.
         """
-        if s.dead or s.held or (s.acked and self.config.retention_seconds > 0):
+        if s.dead or s.held or (s.acked and self.config.retention_seconds > 0) or (s.retry and not _UPDATE_FROM):
             return None
         def chunks(rows: Sequence[Any]) -> list[Any]:
             return [rows[i : i + CHUNK] for i in range(0, len(rows), CHUNK)]

@@ -204,6 +204,17 @@ class TestOrderAndLeases:
         a.close()
         b.close()
 
+    def test_before_sqlite_3_33_a_retry_takes_the_transaction(
+        self, journal: Journal, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(journal_module, "_UPDATE_FROM", False)  # no UPDATE ... FROM there
+        add(journal, "x")
+        g = journal.lease(1)[0][0]
+        s = Settlement(retry=[(g.key, "down", 0.0)])
+        assert journal.settle_statements(s) is None
+        journal.settle(s)
+        assert [(h.op.content, h.attempts) for h in journal.lease(1)[0]] == [("x", 1)]
+
     def test_with_retention_an_ack_needs_the_transaction(self, journal_path: Path) -> None:
         from memwal import load_config
 
