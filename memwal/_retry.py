@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 
@@ -29,8 +30,12 @@ def next_attempt_at(
     retry_after: float | None = None,
     rng: Callable[[], float] = random.random,
 ) -> float:
-    """When to try again: the jittered backoff, or a server's longer ``Retry-After``."""
+    """When to try again: the jittered backoff, or a server's longer ``Retry-After``.
+
+    A ``retry_after`` that is not a finite number is ignored: it would park the
+    operation forever without ever dead-lettering it.
+    """
     delay = backoff_delay(attempt, base, cap, rng)
-    if retry_after is not None and retry_after > delay:
+    if retry_after is not None and math.isfinite(retry_after) and retry_after > delay:
         delay = retry_after
     return now + delay

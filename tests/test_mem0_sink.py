@@ -88,6 +88,7 @@ def test_retry_after_parses_seconds_and_http_dates() -> None:
     assert parse_retry_after(email.utils.formatdate(now + 30, usegmt=True), now) == pytest.approx(30.0)
     assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now) == 0.0
     assert parse_retry_after("soon", now) is None and parse_retry_after(None, now) is None
+    assert [parse_retry_after(v, now) for v in ("inf", "1e400", "nan", "-inf")] == [None] * 4
 
 
 @pytest.mark.parametrize("status", PERMANENT + TRANSIENT + [200, 307])

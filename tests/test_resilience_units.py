@@ -83,6 +83,9 @@ class TestBackoff:
     def test_retry_after_longer_than_the_backoff_is_honoured(self) -> None:
         assert next_attempt_at(0.0, 0, 1.0, 10.0, retry_after=60.0, rng=lambda: 1.0) == 60.0
         assert next_attempt_at(0.0, 5, 1.0, 10.0, retry_after=0.5, rng=lambda: 1.0) == 10.0
+        # a sink's non-finite retry_after would park the row forever: the backoff decides
+        for bad in (float("inf"), float("nan")):
+            assert next_attempt_at(0.0, 5, 1.0, 10.0, retry_after=bad, rng=lambda: 1.0) == 10.0
 
 
 class TestBreaker:

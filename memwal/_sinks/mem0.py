@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -50,9 +51,11 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:  # "inf", "nan" and "1e400" parse, but say nothing about when to come back
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
