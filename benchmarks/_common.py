@@ -56,6 +56,14 @@ def machine() -> dict[str, Any]:
     }
 
 
+def wal_connection(path: Path) -> sqlite3.Connection:
+    """An autocommit connection in WAL mode with synchronous=NORMAL (the floor's settings)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
 def write_results(name: str, data: dict[str, Any]) -> Path:
     """Write ``data`` (plus the machine) to benchmarks/results/<name>-<time>.json."""
     RESULTS.mkdir(exist_ok=True)

@@ -23,9 +23,17 @@ import memwal
 from memwal._records import MemoryOperation, Priority, encode_op
 
 try:  # run as a script (benchmarks/ on sys.path) or as a module
-    from _common import CONTENT, machine, median_of, percentiles, table, write_results
+    from _common import CONTENT, machine, median_of, percentiles, table, wal_connection, write_results
 except ImportError:  # pragma: no cover
-    from benchmarks._common import CONTENT, machine, median_of, percentiles, table, write_results
+    from benchmarks._common import (
+        CONTENT,
+        machine,
+        median_of,
+        percentiles,
+        table,
+        wal_connection,
+        write_results,
+    )
 
 _perf = time.perf_counter_ns
 
@@ -46,11 +54,7 @@ class Floor:
     name = "sqlite3 floor"
 
     def __init__(self, d: Path) -> None:
-        import sqlite3
-
-        self.conn = sqlite3.connect(d / "floor.db", isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn = wal_connection(d / "floor.db")
         self.conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, payload BLOB)")
         self.payload = CONTENT.encode().ljust(op_payload_size(), b" ")
 

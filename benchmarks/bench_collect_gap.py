@@ -21,7 +21,6 @@ thread slows the producer's INSERT.
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
 import tempfile
 import time
@@ -36,10 +35,18 @@ import memwal
 from memwal._schema import INSERT_OP, MIGRATIONS
 
 try:  # run as a script (benchmarks/ on sys.path) or as a module
-    from _common import CONTENT, machine, median_of, percentiles, table, write_results
+    from _common import CONTENT, machine, median_of, percentiles, table, wal_connection, write_results
     from bench_collect import Floor, MemwalAsync, op_payload_size
 except ImportError:  # pragma: no cover
-    from benchmarks._common import CONTENT, machine, median_of, percentiles, table, write_results
+    from benchmarks._common import (
+        CONTENT,
+        machine,
+        median_of,
+        percentiles,
+        table,
+        wal_connection,
+        write_results,
+    )
     from benchmarks.bench_collect import Floor, MemwalAsync, op_payload_size
 
 _perf = time.perf_counter_ns
@@ -66,9 +73,7 @@ class JournalRow:
     name = "journal row"
 
     def __init__(self, d: Path) -> None:
-        self.conn = sqlite3.connect(d / "row.journal", isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn = wal_connection(d / "row.journal")
         for stmt in MIGRATIONS[1]:
             self.conn.execute(stmt)
         self.payload = CONTENT.encode().ljust(op_payload_size(), b" ")

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +31,18 @@ def journal(journal_path: Path):
     j.open()
     yield j
     j.close()
+
+
+@pytest.fixture
+def two_consumers(journal_path: Path):
+    """Two journals on one file, as two consumers see it, sharing a ManualClock."""
+    clock = ManualClock()
+    a, b = Journal(journal_path, clock=clock), Journal(journal_path, clock=clock)
+    a.open()
+    b.open()
+    yield a, b, clock
+    a.close()
+    b.close()
 
 
 class TestOpen:
@@ -120,19 +133,13 @@ class TestOrderAndLeases:
         assert [g.op.content for g in leased] == ["c1", "c2", "h1", "m1", "m2", "l1"]
         assert {g.op.id for g in leased} == {o.id for o in ops}
 
-    def test_a_leased_row_is_not_leased_again_until_the_lease_expires(self, journal_path: Path) -> None:
-        clock = ManualClock()
-        a = Journal(journal_path, clock=clock)
-        b = Journal(journal_path, clock=clock)
-        a.open()
-        b.open()
+    def test_a_leased_row_is_not_leased_again_until_the_lease_expires(self, two_consumers: Any) -> None:
+        a, b, clock = two_consumers
         add(a, "x")
         assert len(a.lease(5)[0]) == 1
         assert b.lease(5)[0] == []
         clock.advance(a.config.lease_seconds + 1)
         assert [g.op.content for g in b.lease(5)[0]] == ["x"]
-        a.close()
-        b.close()
 
     def test_settle_acks_retries_dead_letters_and_releases(self, journal: Journal) -> None:
         for c in "abcd":
@@ -153,12 +160,9 @@ class TestOrderAndLeases:
         journal.clock.advance(5)  # type: ignore[attr-defined]
         assert [(g.op.content, g.attempts) for g in journal.lease(10)[0]] == [("b", 1)]
 
-    def test_a_claim_racing_another_consumer_takes_only_the_rows_still_free(self, journal_path: Path) -> None:
+    def test_a_claim_racing_another_consumer_takes_only_the_rows_still_free(self, two_consumers: Any) -> None:
         """The snapshot read may be stale: the claim re-checks each row under the write lock."""
-        clock = ManualClock()
-        a, b = Journal(journal_path, clock=clock), Journal(journal_path, clock=clock)
-        a.open()
-        b.open()
+        a, b, clock = two_consumers
         for c in "xyz":
             add(a, c)
         stale = sorted(a.lease(3)[0], key=lambda g: g.key)  # a holds all three...
@@ -167,18 +171,13 @@ class TestOrderAndLeases:
         assert [g.op.content for g in taken] == ["x"]
         claimed = a._claim("ops", stale, clock())  # a claims from its stale snapshot
         assert claimed == {g.key for g in stale if g.op.content != "x"}
-        a.close()
-        b.close()
 
     def test_acks_retries_and_releases_settle_as_single_statements_on_own_leases(
-        self, journal_path: Path
+        self, two_consumers: Any
     ) -> None:
         # The event loop runs these through write_now, so a retry settles like an ack:
         # no worker thread holds the writer lock while a collect waits for it.
-        clock = ManualClock()
-        a, b = Journal(journal_path, clock=clock), Journal(journal_path, clock=clock)
-        a.open()
-        b.open()
+        a, b, clock = two_consumers
         for c in "abcd":
             add(a, c)
         mine = {g.op.content: g for g in a.lease(3)[0]}
@@ -201,8 +200,6 @@ class TestOrderAndLeases:
         # Moving rows between tables needs settle's one transaction.
         assert a.settle_statements(Settlement(dead=[(mine["b"].key, "rejected")])) is None
         assert a.settle_statements(Settlement(held=[(mine["b"].key, "fallback")])) is None
-        a.close()
-        b.close()
 
     def test_before_sqlite_3_33_a_retry_takes_the_transaction(
         self, journal: Journal, monkeypatch: pytest.MonkeyPatch
