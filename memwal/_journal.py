@@ -485,6 +485,7 @@ class Journal:
         """
         if s.dead or s.held or (s.acked and self.config.retention_seconds > 0) or (s.retry and not _UPDATE_FROM):
             return None
+
         def chunks(rows: Sequence[Any]) -> list[Any]:
             return [rows[i : i + CHUNK] for i in range(0, len(rows), CHUNK)]
 
@@ -566,7 +567,8 @@ class Journal:
         return [g for g in good if g.key in claimed]
 
     def settle(self, s: Settlement) -> None:
-        """Apply a batch's outcomes in one transaction."""
+        """Apply a batch's outcomes: statement by statement when ``settle_statements``
+        allows, else in one transaction."""
         now = self.clock()
         keep = self.config.retention_seconds > 0
         statements = self.settle_statements(s)
