@@ -1,4 +1,4 @@
-"""Where collect_async's p50 goes beyond the floor: the same run, four contenders.
+"""Where collect_async's p50 goes beyond the floor: the same run, five contenders.
 
 Run: .venv/bin/python benchmarks/bench_collect_gap.py [--ops 60000] [--rounds 6]
      [--sqlite-memstatus off]
@@ -11,6 +11,10 @@ Contenders, interleaved in rounds like bench_collect.py:
                   1.5 ms per batch (no second thread doing SQLite work)
   collect, SQLiteSink
                   collect_async as bench_collect.py measures it
+  collect, consumer in another process
+                  collect_async with performance.max_inflight_batches 0 (this process
+                  never leases) while a child process's collector drains the same journal
+                  into a SQLiteSink
 
 ``--sqlite-memstatus off`` (Linux, an experiment, not something memwal does) turns off
 SQLite's process-wide memory statistics before anything opens a connection: with them
@@ -30,13 +34,16 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
 
 import memwal
 from memwal._schema import INSERT_OP, MIGRATIONS
 
 try:  # run as a script (benchmarks/ on sys.path) or as a module
     from _common import CONTENT, machine, median_of, percentiles, table, wal_connection, write_results
-    from bench_collect import Floor, MemwalAsync, op_payload_size
+    from bench_collect import Floor, MemwalAsync, MemwalElsewhere, op_payload_size
 except ImportError:  # pragma: no cover
     from benchmarks._common import (
         CONTENT,
@@ -47,7 +54,7 @@ except ImportError:  # pragma: no cover
         wal_connection,
         write_results,
     )
-    from benchmarks.bench_collect import Floor, MemwalAsync, op_payload_size
+    from benchmarks.bench_collect import Floor, MemwalAsync, MemwalElsewhere, op_payload_size
 
 _perf = time.perf_counter_ns
 
@@ -105,11 +112,7 @@ class CollectNoSQLiteSink(MemwalAsync):
     name = "collect, no SQLite sink"
 
     def __init__(self, d: Path) -> None:
-        self._portal_cm = anyio.from_thread.start_blocking_portal()
-        self.portal = self._portal_cm.__enter__()
-        self.c = memwal.AsyncMemoryCollector(d / "sleep.journal", SleepSink())
-        self._cm = self.portal.wrap_async_context_manager(self.c)
-        self._cm.__enter__()
+        super().__init__(d, file="sleep", sink=SleepSink())
 
 
 class CollectSQLiteSink(MemwalAsync):
@@ -127,7 +130,8 @@ def main() -> None:
         memstatus_off()  # before the first connection of the process
     print(f"machine: {machine()}; SQLite memstatus {a.sqlite_memstatus}")
     d = Path(tempfile.mkdtemp(prefix="memwal-gap-"))
-    contenders: list[Any] = [Floor(d), JournalRow(d), CollectNoSQLiteSink(d), CollectSQLiteSink(d)]
+    contenders: list[Any] = [Floor(d), JournalRow(d), CollectNoSQLiteSink(d), CollectSQLiteSink(d),
+                             MemwalElsewhere(d)]
     rows: dict[str, list[list[float]]] = {c.name: [] for c in contenders}
     per_round = a.ops // a.rounds
     for r in range(a.rounds):

@@ -35,6 +35,7 @@ __all__ = [
 Seconds = Annotated[float, Meta(ge=0)]
 PositiveSeconds = Annotated[float, Meta(gt=0)]
 PositiveInt = Annotated[int, Meta(ge=1)]
+NonNegativeInt = Annotated[int, Meta(ge=0)]
 
 
 class AsyncCollectionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -84,12 +85,15 @@ class PerformanceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
 
     ``max_inflight_batches`` is how many leased batches the consumer delivers at once:
     more hides a remote sink's round trips (a mem0 lookup plus the adds), fewer keeps
-    fewer rows leased.
+    fewer rows leased. 0 makes this collector collect and read only: another process's
+    collector on the same journal delivers (the journal is shared by design), and
+    ``flush_queue`` waits for that process. Set on a live collector, 0 stops leasing (a
+    batch already leased still goes out).
     """
 
     operation_timeout: PositiveSeconds = 15.0
     max_concurrent_ops: PositiveInt = 128
-    max_inflight_batches: PositiveInt = 4
+    max_inflight_batches: NonNegativeInt = 4
     health_check_interval: PositiveSeconds = 60.0
 
 

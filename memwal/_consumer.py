@@ -260,7 +260,7 @@ class Consumer:
     async def _lease_loop(self, tg: anyio.abc.TaskGroup) -> None:
         poll = self.config.journal.poll_interval
         while not self._stopping:
-            if self._inflight >= self.max_inflight:
+            if self._inflight >= self.max_inflight:  # 0: another process delivers
                 await self.wait_progress(poll)
                 continue
             if self._inflight and not self._urgent and self._backlog() < self.batch_size:

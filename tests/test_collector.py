@@ -129,6 +129,39 @@ async def test_while_rows_gather_a_collect_wakes_the_lease_loop_only_for_a_whole
         sink.gate.set()
 
 
+async def test_with_no_inflight_batches_a_collector_collects_and_another_delivers(journal_path: Path) -> None:
+    # max_inflight_batches 0: collect on this collector, deliver from another one on
+    # the same journal (in production, another process); flush waits for that one.
+    mine, theirs = MemorySink(), MemorySink()
+    async with (
+        AsyncMemoryCollector(journal_path, mine, config=cfg(performance={"max_inflight_batches": 0})) as collecting,
+        AsyncMemoryCollector(journal_path, theirs, config=cfg()) as delivering,
+    ):
+        ids = [await collecting.collect_async("qa", f"op {i}") for i in range(50)]
+        ids.append(collecting.collect("qa", "op 50"))
+        assert await collecting.flush_queue(timeout=30) == 51
+        assert mine.calls == 0 and sorted(theirs.memories) == sorted(ids)
+        assert collecting.stats().collected == 51 and collecting.stats().delivered == 0
+        assert delivering.stats().delivered == 51
+
+
+async def test_max_inflight_batches_0_on_a_live_collector_stops_leasing(journal_path: Path) -> None:
+    sink = GateSink()
+    async with AsyncMemoryCollector(journal_path, sink, config=cfg()) as c:
+        first = await c.collect_async("qa", "in flight")
+        await sink.entered.wait()  # the lease loop now naps behind the batch in flight
+        c.configure(max_inflight_batches=0)
+        paused = await c.collect_async("qa", "waits")
+        sink.gate.set()  # the batch in flight still settles...
+        await wait_for(lambda: c.stats().delivered == 1)
+        with pytest.raises(TimeoutError):  # ...but nothing more is leased
+            await c.flush_queue(timeout=0.3)
+        assert sink.arrived == [[first]] and c.stats().pending == 1
+        c.configure(max_inflight_batches=4)
+        assert await c.flush_queue(timeout=30) == 1
+        assert sink.arrived == [[first], [paused]]
+
+
 async def test_a_flush_leases_a_partial_batch_while_another_is_in_flight(journal_path: Path) -> None:
     slow = GateSink()
     config = cfg(journal={"poll_interval": 60.0})  # only a wake-up can move the lease loop
