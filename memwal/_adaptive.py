@@ -19,6 +19,7 @@ __all__ = ["TUNABLE", "AdaptiveBatcher", "apply_changes"]
 TUNABLE: frozenset[str] = frozenset({
     "async_collection.batch_size",
     "async_collection.batch_timeout",
+    "async_collection.batch_linger",
     "async_collection.rate_limit",
     "async_collection.min_batch_size",
     "async_collection.max_batch_size",

@@ -163,7 +163,7 @@ class AsyncMemoryCollector:
         if _debug_on(logging.DEBUG):
             log.debug("operation %s collected (%s, %s)", op.id, cat, prio.value)
         assert self._consumer is not None
-        self._consumer.wake()
+        self._consumer.collected()
         return op.id
 
     def collect(

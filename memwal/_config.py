@@ -42,12 +42,17 @@ class AsyncCollectionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_un
     """The original framework's ``async_collection`` section, plus back-pressure.
 
     ``batch_timeout`` is the longest an operation waits for its batch to fill; the
-    consumer is greedy, so under light load it does not wait at all.
+    consumer is greedy, so under light load it does not wait at all. While operations
+    keep arriving it leases at most once per ``batch_linger`` unless a whole batch
+    waits (or a flush does), so batches fill under load and a lone operation after a
+    quiet spell still leaves at once; 0 leases whenever a batch settles. The linger
+    never exceeds ``batch_timeout``.
     """
 
     enabled: bool = True
     batch_size: PositiveInt = 500
     batch_timeout: Seconds = 30.0
+    batch_linger: Seconds = 0.01
     max_queue_size: PositiveInt = 100_000
     max_retries: Annotated[int, Meta(ge=0)] = 8
     retry_delay: Seconds = 1.0

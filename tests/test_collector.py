@@ -129,6 +129,43 @@ async def test_while_rows_gather_a_collect_wakes_the_lease_loop_only_for_a_whole
         sink.gate.set()
 
 
+async def test_rows_collected_soon_after_a_lease_wait_for_a_whole_batch_or_a_flush(journal_path: Path) -> None:
+    # batch_linger: while rows keep arriving, the consumer leases at most once per
+    # linger unless a whole batch or a flush waits. The linger (30 s) outlasts every
+    # wait below, so each delivery after the first comes from one of those two.
+    sink = MemorySink()
+    config = cfg(async_collection={"batch_size": 5, "batch_linger": 30.0})
+    async with AsyncMemoryCollector(journal_path, sink, config=config) as c:
+        first = await c.collect_async("qa", "first")
+        await wait_for(lambda: len(sink.batches) == 1)  # no lease before it: it leaves at once
+        four = []
+        for i in range(4):
+            four.append(await c.collect_async("qa", f"op {i}"))
+            await anyio.sleep(0.002)  # time for a lease loop that leases early to do so
+        assert len(sink.batches) == 1
+        fifth = await c.collect_async("qa", "op 4")
+        await wait_for(lambda: len(sink.batches) == 2)  # a whole batch waits: leased at once
+        last = await c.collect_async("qa", "last")
+        assert await c.flush_queue(timeout=10) == 1
+    assert sink.batches == [[first], [*four, fifth], [last]]
+
+
+@pytest.mark.parametrize("settings", [{"batch_linger": 0}, {"batch_linger": 30.0, "batch_timeout": 0}],
+                         ids=["linger 0", "linger capped by batch_timeout 0"])
+async def test_without_a_linger_a_row_is_leased_once_the_last_batch_settles(
+    journal_path: Path, settings: dict[str, float]
+) -> None:
+    # batch_timeout is the most an operation waits for its batch to fill, linger included.
+    sink = MemorySink()
+    config = cfg(async_collection={"batch_size": 5, **settings})
+    async with AsyncMemoryCollector(journal_path, sink, config=config) as c:
+        first = await c.collect_async("qa", "first")
+        await wait_for(lambda: len(sink.batches) == 1)
+        second = await c.collect_async("qa", "second")
+        await wait_for(lambda: len(sink.batches) == 2)  # no flush, no whole batch
+    assert sink.batches == [[first], [second]]
+
+
 async def test_with_no_inflight_batches_a_collector_collects_and_another_delivers(journal_path: Path) -> None:
     # max_inflight_batches 0: collect on this collector, deliver from another one on
     # the same journal (in production, another process); flush waits for that one.

@@ -74,6 +74,7 @@ def test_a_mapping_loads() -> None:
         ({"async_collection": {"retry_delay": 10, "max_retry_delay": 1}},
          r"^async_collection\.retry_delay: 10\.0 is above max_retry_delay 1\.0$"),
         ({"async_collection": {"batch_size": 0}}, r"^async_collection\.batch_size: Expected `int` >= 1"),
+        ({"async_collection": {"batch_linger": -0.5}}, r"^async_collection\.batch_linger: Expected `float` >= 0"),
         ({"performance": {"max_inflight_batches": -1}},
          r"^performance\.max_inflight_batches: Expected `int` >= 0"),
         ({"journal": {"durability": "paranoid"}}, r"^journal\.durability: Invalid enum value 'paranoid'"),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from helpers import wait_for
 
 from memwal import AsyncMemoryCollector, ConfigError, MemoryCollector, load_config
 from memwal._adaptive import AdaptiveBatcher, apply_changes
@@ -118,6 +119,19 @@ async def test_configure_changes_the_batches_the_sink_receives(journal_path: Pat
             c.configure(batch_size=4, lease_seconds=1.0)
         assert info.value.path == "lease_seconds" and c.config is new  # nothing applied
     assert [len(b) for b in sink.batches] == [1, 4, 4, 4]  # under the old size they would be 10 and 2
+
+
+@pytest.mark.anyio
+async def test_lowering_batch_linger_on_a_live_collector_releases_the_rows_it_holds(journal_path: Path) -> None:
+    cfg = load_config({"async_collection": {"batch_size": 5, "batch_linger": 30.0}}, env={})
+    sink = MemorySink()
+    async with AsyncMemoryCollector(journal_path, sink, config=cfg) as c:
+        c.collect("bug", "first")
+        await wait_for(lambda: len(sink.batches) == 1)
+        second = c.collect("bug", "second")  # lingers: the last lease is a moment old
+        c.configure(batch_linger=0)  # wakes the loop, which leases it without a flush
+        await wait_for(lambda: len(sink.batches) == 2)
+    assert sink.batches[1] == [second]
 
 
 def test_sync_configure_and_rejection(journal_path: Path) -> None:
