@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, NamedTuple
 
@@ -40,6 +41,7 @@ Scope = tuple[str | None, str | None]
 _enc = msgspec.json.Encoder()
 _ENTRY_OVERHEAD = 400  # bytes: the entry, key tuple and Struct headers beside the JSON size
 _MEMORY_OVERHEAD = 300  # bytes: one Memory's object headers, dict and tuple beside its JSON
+_MAX_QUEUED = 1024  # collected scopes waiting to be stamped before collect() stamps them itself
 
 
 class CacheToken(NamedTuple):
@@ -133,6 +135,7 @@ class MemoryCache:
         self._writes = 0  # operations collected so far: the clock tokens are read from
         self._floor = 0  # scoped entries read before this write are void (the stamp table was reset)
         self._stamps: dict[Scope, int] = {}  # scope -> the write that last changed it
+        self._queued: deque[Scope] = deque()  # scopes collected, not yet stamped (see collected)
         self._max_stamps = 4 * max_size + 16  # past it, the table resets (see invalidate)
         self._settles = 0
         self._settled_mark = 0
@@ -161,11 +164,13 @@ class MemoryCache:
     def token(self) -> CacheToken:
         """Take before reading the source of an entry; pass to ``put``."""
         with self._lock:
+            self._stamp_queued()
             return CacheToken(self._writes, self._settles)
 
     def get(self, key: Hashable, default: Any = None) -> Any:
         """The cached value for ``key`` (counted as a hit), or ``default`` (a miss)."""
         with self._lock:
+            self._stamp_queued()
             entry = self._data.get(key)
             if entry is not None and not self._valid(entry):
                 del self._data[key]
@@ -188,6 +193,7 @@ class MemoryCache:
         nbytes = estimate_bytes(key, value) if self.max_bytes is not None else 0
         entry = _Entry(value, token, scope, pending, nbytes)
         with self._lock:
+            self._stamp_queued()
             if not self._valid(entry):
                 return False  # a write landed while the value was read: it may be stale already
             old = self._data.pop(key, None)
@@ -211,27 +217,51 @@ class MemoryCache:
 
     # -- invalidation --------------------------------------------------------------
 
+    def collected(self, category: str, project: str | None) -> None:
+        """collect()'s hot path: an operation with a new id changes these scopes.
+
+        Without the lock: the scope joins a queue that every lookup, fill and token
+        stamps first, under the lock, in order. No read can miss it: collect() queues
+        it after the row is committed and before it returns, and a token taken before
+        the stamp is older than the stamp, so an entry read meanwhile is never served.
+        """
+        queued = self._queued
+        queued.append((category, project))
+        if len(queued) > _MAX_QUEUED:  # nobody reads: bound the queue
+            with self._lock:
+                self._stamp_queued()
+
     def invalidate(self, op: MemoryOperation, dropped: str | None = None, fresh: bool = False) -> None:
         """A new operation was collected: void what it can change (its id, its scopes).
 
         ``dropped`` is the id of a pending operation evicted to make room for it.
         ``fresh`` says the id was just generated, so no ``get`` entry can hold it (a
-        miss is never cached): collect() passes it to skip a lookup on its hot path.
+        miss is never cached).
         """
         with self._lock:
-            self._writes = w = self._writes + 1
-            stamps = self._stamps
-            stamps[(None, None)] = stamps[(op.category, None)] = w
-            if op.project is not None:
-                stamps[(None, op.project)] = stamps[(op.category, op.project)] = w
-            if len(stamps) > self._max_stamps:
-                stamps.clear()  # bound the table: void every scoped entry instead
-                self._floor = w
+            self._queued.append((op.category, op.project))
+            self._stamp_queued()
             if not fresh:
                 self._discard(("get", op.id))
             if dropped is not None:
                 self._discard(("get", dropped))
                 self._settles += 1
+
+    def _stamp_queued(self) -> None:  # under the lock
+        queued = self._queued
+        if not queued:
+            return
+        w, stamps, pop = self._writes, self._stamps, queued.popleft
+        while queued:  # only lock holders pop, so the queue cannot empty under us
+            category, project = pop()
+            w += 1
+            stamps[(None, None)] = stamps[(category, None)] = w
+            if project is not None:
+                stamps[(None, project)] = stamps[(category, project)] = w
+        self._writes = w
+        if len(stamps) > self._max_stamps:
+            stamps.clear()  # bound the table: void every scoped entry instead
+            self._floor = w
 
     def note_settled(self, count: int) -> None:
         """Record a monotonic count of operations that left the journal (delivered or dead).

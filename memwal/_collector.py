@@ -30,6 +30,7 @@ __all__ = ["AsyncMemoryCollector"]
 log = logging.getLogger("memwal")
 _debug_on = log.isEnabledFor  # collect() skips building its DEBUG record when nobody listens
 _perf_ns = time.perf_counter_ns
+_DEBUG = logging.DEBUG
 
 Category = str | MemoryCategory
 Meta = Mapping[str, Any] | None
@@ -77,6 +78,7 @@ class AsyncMemoryCollector:
         self._block = ac.on_full == "block"
         self._on_full = "reject" if self._block else ac.on_full  # what an append does at once
         self._enabled = ac.enabled
+        self._record_collect_us = self.counters.collect_us.add
 
     def __repr__(self) -> str:
         c = self.counters
@@ -153,14 +155,17 @@ class AsyncMemoryCollector:
         op, dropped = self.journal.append(cat, text, meta, prio, tag_t, proj, limit=self._limit, on_full=on_full)
         cache = self.cache
         if cache is not None:  # before collect returns: the next read must see this op
-            cache.invalidate(op, dropped, True)
+            if dropped is None:
+                cache.collected(cat, proj)
+            else:
+                cache.invalidate(op, dropped, True)
         c = self.counters
         c.collected += 1
         if dropped is not None:
             c.drops["queue_full_drop_oldest"] += 1
             log.warning("operation %s dropped to make room (on_full=drop_oldest) for %s", dropped, op.id)
-        c.collect_us.add((_perf_ns() - t0) / 1000)
-        if _debug_on(logging.DEBUG):
+        self._record_collect_us((_perf_ns() - t0) / 1000)
+        if _debug_on(_DEBUG):
             log.debug("operation %s collected (%s, %s)", op.id, cat, prio.value)
         assert self._consumer is not None
         self._consumer.collected()

@@ -293,22 +293,21 @@ class Journal:
         next_id = self.ids.next
         soft_limit = limit - (limit // 10 or 1)  # below it, the estimate decides alone
         for _ in range(8):
-            if op_id is None:
-                new_id, seq = next_id()
-            else:
-                new_id, seq = op_id, id_to_seq(op_id)
-            created_at = (seq >> 8) / 1e6
-            op = MemoryOperation(
-                id=new_id, category=category, content=content, metadata=metadata,
-                priority=priority, tags=tags, project=project, created_at=created_at,
-            )
-            payload = _encode(op)
-            row = (rank_key | seq, new_id, category, created_at, _crc32(payload), payload)
             try:
+                # The id is drawn under the writer lock, which orders ids and commits
+                # alike (IdGenerator has no lock of its own).
                 with self._wlock:
                     cur = self._wc
                     if cur is None or self._closed:
                         raise JournalError("journal is closed", path=str(self.path))
+                    new_id, seq = next_id() if op_id is None else (op_id, id_to_seq(op_id))
+                    created_at = (seq >> 8) / 1e6
+                    op = MemoryOperation(
+                        id=new_id, category=category, content=content, metadata=metadata,
+                        priority=priority, tags=tags, project=project, created_at=created_at,
+                    )
+                    payload = _encode(op)
+                    row = (rank_key | seq, new_id, category, created_at, _crc32(payload), payload)
                     if op_id is not None:
                         self._append_known_id(cur.connection, row, seq)
                         return op, None

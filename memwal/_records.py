@@ -11,7 +11,6 @@ import math
 import os
 import random
 import re
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -133,36 +132,36 @@ def decode_op(payload: bytes) -> MemoryOperation:
 
 
 class IdGenerator:
-    """Time-ordered ids, strictly increasing within the process (thread-safe).
+    """Time-ordered ids, strictly increasing within the process.
 
     An id is a UUIDv7 whose 60 bits after the version hold the sequence (milliseconds,
     sub-millisecond microseconds, 8 random bits) and whose last 56 bits are random
     per process (fresh after a fork). The sequence orders a process's ids; the
     per-process bits keep two processes that draw the same sequence apart. ``next``
     formats an id from a per-millisecond prefix and two table lookups.
+
+    Not thread-safe by itself: callers serialize ``next`` (the journal draws ids
+    under the writer lock that orders its commits, so one lock serves both).
     """
 
     def __init__(self, clock: Any = None) -> None:
         self._clock = clock
         self._last = 0
-        self._lock = threading.Lock()
         self._ms_prefix = (-1, "")  # the id's first 15 characters for one millisecond
 
     def next(self) -> tuple[str, int]:
         """Return ``(id, seq)`` for a new operation."""
-        r8 = _getrandbits(8)
-        with self._lock:
-            us = _time_ns() // 1000 if self._clock is None else int(self._clock() * 1_000_000)
-            seq = (us << 8) | r8
-            if seq <= self._last:
-                seq = self._last + 1
-            self._last = seq
+        clock = self._clock
+        seq = ((_time_ns() // 1000 if clock is None else int(clock() * 1_000_000)) << 8) | _getrandbits(8)
+        if seq <= self._last:
+            seq = self._last + 1
+        self._last = seq
         ms, sub = divmod(seq >> 8, 1000)
         cached_ms, prefix = self._ms_prefix
         if ms != cached_ms:
             prefix = f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-7"
             self._ms_prefix = (ms, prefix)
-        return prefix + _HEX3[(sub << 2) | ((seq >> 6) & 3)] + _TAILS[seq & 0x3F], seq
+        return f"{prefix}{_HEX3[(sub << 2) | ((seq >> 6) & 3)]}{_TAILS[seq & 0x3F]}", seq
 
     @property
     def last(self) -> int:

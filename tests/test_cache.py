@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import msgspec
 import pytest
 
 from memwal import MemoryCache, MemoryOperation
-from memwal._cache import estimate_bytes
+from memwal._cache import _MAX_QUEUED, estimate_bytes
 from memwal._config import CacheConfig
 from memwal.testing import ManualClock
 
@@ -86,35 +87,49 @@ def test_max_size_still_bounds_entries_under_a_byte_budget() -> None:
     assert len(cache) == 2 and cache.statistics().evictions == 1
 
 
-def test_a_collected_operation_voids_exactly_the_scopes_it_can_change() -> None:
+def _invalidate(cache: MemoryCache, o: MemoryOperation) -> None:
+    cache.invalidate(o)
+
+
+def _collected(cache: MemoryCache, o: MemoryOperation) -> None:
+    cache.collected(o.category, o.project)  # collect()'s hot path: queued, stamped by the next read
+
+
+WRITE_PATHS = pytest.mark.parametrize("write", [_invalidate, _collected], ids=["invalidate", "collected"])
+
+
+@WRITE_PATHS
+def test_a_collected_operation_voids_exactly_the_scopes_it_can_change(write: Any) -> None:
     cache = MemoryCache(timer=ManualClock())
     scopes = [(None, None), ("bug", None), ("feedback", None), (None, "p1"), (None, "p2"),
               ("bug", "p1"), ("bug", "p2")]
     for s in scopes:
         fill(cache, s, "v", scope=s)
-    cache.invalidate(op(category="bug", project="p1"))
+    write(cache, op(category="bug", project="p1"))
     alive = [s for s in scopes if cache.get(s, MISS) is not MISS]
     assert alive == [("feedback", None), (None, "p2"), ("bug", "p2")]
     assert cache.statistics().invalidated == 4
 
 
-def test_an_operation_without_project_leaves_project_filtered_entries() -> None:
+@WRITE_PATHS
+def test_an_operation_without_project_leaves_project_filtered_entries(write: Any) -> None:
     cache = MemoryCache(timer=ManualClock())
     fill(cache, "p", "v", scope=(None, "p1"))
     fill(cache, "cp", "v", scope=("bug", "p1"))
-    cache.invalidate(op(category="bug", project=None))
+    write(cache, op(category="bug", project=None))
     assert cache.get("p") == "v" and cache.get("cp") == "v"
 
 
-def test_a_write_during_a_read_makes_that_read_unservable() -> None:
+@WRITE_PATHS
+def test_a_write_during_a_read_makes_that_read_unservable(write: Any) -> None:
     cache = MemoryCache(timer=ManualClock())
     token = cache.token()  # the reader starts reading the journal and sink here
-    cache.invalidate(op(category="bug"))  # a collect lands meanwhile
+    write(cache, op(category="bug"))  # a collect lands meanwhile
     assert not cache.put("q", "result without the new op", token, scope=("bug", None))
     assert cache.get("q", MISS) is MISS
     # A write to another scope does not spoil it.
     token = cache.token()
-    cache.invalidate(op(category="feedback"))
+    write(cache, op(category="feedback"))
     assert cache.put("q", "fresh", token, scope=("bug", None))
     assert cache.get("q") == "fresh"
 
@@ -148,11 +163,13 @@ def test_settled_operations_void_only_entries_holding_journal_results() -> None:
     assert cache.get("stored") == "v"
 
 
-def test_the_scope_stamp_table_stays_bounded_and_voids_rather_than_serves() -> None:
+@WRITE_PATHS
+def test_the_scope_stamp_table_stays_bounded_and_voids_rather_than_serves(write: Any) -> None:
     cache = MemoryCache(max_size=10, timer=ManualClock())
     fill(cache, "all", "v", scope=("bug", "p0"))
     for i in range(1000):
-        cache.invalidate(op(f"id{i}", category="feedback", project=f"p{i + 1}"))
+        write(cache, op(f"id{i}", category="feedback", project=f"p{i + 1}"))
+    cache.token()  # stamps what collected() queued
     assert len(cache._stamps) <= 4 * 10 + 16
     # The entry's scope was never written, but the table was reset past it: void, not stale.
     assert cache.get("all", MISS) is MISS
@@ -185,7 +202,19 @@ def test_statistics_converts_to_builtins_for_export() -> None:
     assert {"hits", "misses", "evictions", "size", "hit_rate"} <= set(d)
 
 
-def test_threads_never_read_a_value_older_than_a_finished_write() -> None:
+def test_collects_nobody_reads_queue_a_bounded_number_of_scopes() -> None:
+    cache = MemoryCache(timer=ManualClock())
+    fill(cache, "q", "v", scope=("bug", None))
+    for _ in range(5 * _MAX_QUEUED):
+        cache.collected("feedback", None)
+    assert len(cache._queued) <= _MAX_QUEUED
+    assert cache.get("q") == "v"  # none of them wrote its scope
+    cache.collected("bug", None)
+    assert cache.get("q", MISS) is MISS
+
+
+@WRITE_PATHS
+def test_threads_never_read_a_value_older_than_a_finished_write(write: Any) -> None:
     """The collector's protocol under contention: write, then invalidate; read, then put."""
     cache = MemoryCache(max_size=4, timer=ManualClock())
     state = {"committed": 0, "announced": 0}
@@ -200,7 +229,7 @@ def test_threads_never_read_a_value_older_than_a_finished_write() -> None:
             with lock:
                 state["committed"] += 1  # the journal commit
                 v = state["committed"]
-            cache.invalidate(op(f"w{i}", category="bug"))
+            write(cache, op(f"w{i}", category="bug"))
             with lock:
                 state["announced"] = max(state["announced"], v)  # collect has returned
         stop.set()

@@ -121,6 +121,24 @@ def test_many_processes_opening_one_new_journal_at_once_all_succeed(journal_path
     j.close()
 
 
+def test_ids_of_appends_from_many_threads_are_unique_and_increase(journal: Journal) -> None:
+    # IdGenerator has no lock of its own: the journal draws ids under its writer lock.
+    out: list[list[str]] = [[] for _ in range(4)]
+
+    def work(i: int) -> None:
+        out[i].extend(add(journal, f"t{i} {n}").id for n in range(500))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for part in out:
+        assert part == sorted(part)
+    all_ids = [i for part in out for i in part]
+    assert len(set(all_ids)) == len(all_ids) == 2000
+
+
 class TestOrderAndLeases:
     def test_lease_takes_higher_priorities_first_then_fifo(self, journal: Journal) -> None:
         ops = [

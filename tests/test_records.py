@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 import uuid
 
 import msgspec
@@ -148,24 +147,6 @@ class TestTagsAndProject:
 
 
 class TestIds:
-    def test_ids_are_strictly_increasing_and_unique_across_threads(self) -> None:
-        gen = IdGenerator()
-        out: list[list[tuple[str, int]]] = [[] for _ in range(4)]
-
-        def work(i: int) -> None:
-            out[i].extend(gen.next() for _ in range(2000))
-
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        for part in out:
-            seqs = [s for _, s in part]
-            assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
-        all_ids = [i for part in out for i, _ in part]
-        assert len(set(all_ids)) == len(all_ids)
-
     def test_ids_sort_like_their_sequence(self) -> None:
         gen = IdGenerator()
         pairs = [gen.next() for _ in range(500)]
