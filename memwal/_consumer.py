@@ -391,7 +391,10 @@ class Consumer:
         return n
 
     async def _lease(self, n: int) -> tuple[list[LeasedOp], list[tuple[str, str]]]:
-        rows, now = await anyio.to_thread.run_sync(functools.partial(self.journal.select_ready, n))
+        got = self.journal.select_ready_now(n)
+        if got is None:  # the read would wait or run long: off the loop
+            got = await anyio.to_thread.run_sync(functools.partial(self.journal.select_ready, n))
+        rows, now = got
         good: list[LeasedOp] = []
         bad: list[tuple[int, str, str]] = []
         for i in range(0, len(rows), DECODE_SLICE):

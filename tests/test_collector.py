@@ -166,6 +166,22 @@ async def test_without_a_linger_a_row_is_leased_once_the_last_batch_settles(
     assert sink.batches == [[first], [second]]
 
 
+async def test_when_the_loop_cannot_read_at_once_the_consumer_reads_on_a_worker_thread(
+    journal_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def busy(self: Journal, n: int, **kw: Any) -> None:
+        calls.append(n)
+
+    monkeypatch.setattr(Journal, "select_ready_now", busy)
+    sink = MemorySink()
+    async with AsyncMemoryCollector(journal_path, sink, config=cfg()) as c:
+        ids = [await c.collect_async("qa", f"op {i}") for i in range(20)]
+        assert await c.flush_queue(timeout=10) == 20
+    assert set(sink.memories) == set(ids) and calls
+
+
 async def test_with_no_inflight_batches_a_collector_collects_and_another_delivers(journal_path: Path) -> None:
     # max_inflight_batches 0: collect on this collector, deliver from another one on
     # the same journal (in production, another process); flush waits for that one.

@@ -283,6 +283,66 @@ class TestOrderAndLeases:
         assert not owner_is_gone(f"other-host:{os.getpid() + 10**6}:x")
 
 
+class TestSelectReadyNow:
+    """select_ready_now: the event loop's read of ready rows, which must never wait or run long."""
+
+    def test_it_reads_what_select_ready_reads(self, journal: Journal) -> None:
+        for i in range(5):
+            add(journal, f"op {i}", priority=Priority.LOW if i % 2 else Priority.HIGH)
+        got = journal.select_ready_now(10)
+        assert got is not None
+        assert got[0] == journal.select_ready(10)[0] and len(got[0]) == 5
+
+    def test_it_gives_up_past_its_budget_and_the_connection_stays_usable(self, journal: Journal) -> None:
+        for i in range(300):
+            add(journal, f"op {i}")
+        assert journal.select_ready_now(300, budget=0) is None  # interrupted after 1,000 steps
+        conn = journal._conn(journal._c)
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == int(journal.config.busy_timeout * 1000)
+        got = journal.select_ready_now(300)
+        assert got is not None and len(got[0]) == 300
+
+    def test_it_gives_up_at_once_while_a_thread_of_this_process_reads(self, journal: Journal) -> None:
+        add(journal, "a")
+        holding, done = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with journal._clock_c:
+                holding.set()
+                done.wait(10)
+
+        t = threading.Thread(target=hold)
+        t.start()
+        try:
+            assert holding.wait(10)
+            assert journal.select_ready_now(10) is None
+        finally:
+            done.set()
+            t.join()
+
+    def test_it_gives_up_at_once_while_another_connection_locks_the_journal(
+        self, journal: Journal, journal_path: Path
+    ) -> None:
+        add(journal, "a")
+        journal.close()  # so that the other connection can take the file exclusively
+        other = sqlite3.connect(journal_path, isolation_level=None)
+        other.execute("PRAGMA locking_mode=EXCLUSIVE")
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("SELECT count(*) FROM ops").fetchone()
+        other.execute("COMMIT")  # exclusive mode keeps the lock after the transaction
+        try:
+            j = Journal(journal_path, config=journal.config)
+            j._c = sqlite3.connect(journal_path, isolation_level=None, check_same_thread=False, timeout=30)
+            result: list[Any] = []
+            t = threading.Thread(target=lambda: result.append(j.select_ready_now(10)))
+            t.start()
+            t.join(10)  # busy at once, not after the connection's 30 s busy timeout
+            assert result == [None]
+            t.join()
+        finally:
+            other.close()
+
+
 class TestWriteNow:
     """write_now: the event loop's way to claim and ack, which must never wait."""
 
