@@ -228,6 +228,7 @@ class AsyncMemoryCollector:
                     self.counters.drops["queue_full_timeout"] += 1
                     raise QueueFull(exc.depth, exc.limit, waited=timeout) from None
                 assert self._consumer is not None
+                self._consumer.wake(urgent=True)  # lease now: no linger while collects wait for room
                 # The next append counts the journal again once the last count is
                 # EXACT_COUNT_TTL old; room made by this process shows at once.
                 await self._consumer.wait_progress(min(left, self.config.journal.poll_interval * 4))

@@ -36,6 +36,10 @@ __all__ = ["Consumer", "plan", "plan_with"]
 log = logging.getLogger("memwal")
 
 DECODE_SLICE = 64  # rows decoded on the loop between checkpoints
+# The lease reads on the loop while its last read of rows moved at most this many
+# payload bytes and no large row was collected here since (a VM-step budget does
+# not bound the time spent reading large rows).
+LOOP_READ_BYTES = 1 << 20
 
 
 def plan(
@@ -139,6 +143,9 @@ class Consumer:
         self._idle = anyio.Event()
         self._inflight = 0
         self._inflight_ops = 0  # rows leased by in-flight batches
+        self._unready = 0  # rows the last short lease left behind: backing off, leased elsewhere
+        self._read_on_loop = True  # the last lease's rows were small enough to read on the loop
+        self._last_read = 0  # rows the last lease read
         self._checkpointing = False
         self._urgent = False  # a flush or a blocking collect waits: lease partial batches at once
         self._gathering = False  # napping while a batch is in flight and the next one fills
@@ -193,9 +200,7 @@ class Consumer:
         ``_wake_requested`` stays set until the loop consumes the event, so a burst of
         collects costs one Event.set (or one call_soon_threadsafe), not one each.
         """
-        if self._wake_requested or (
-            self._gathering and self.journal.depth_estimate - self._inflight_ops < self.batch_size
-        ):
+        if self._wake_requested or (self._gathering and not self._batch_waits()):
             return
         self._kick()
 
@@ -260,9 +265,15 @@ class Consumer:
             self.task_group.cancel_scope.cancel()
             await self._idle.wait()
 
-    def _backlog(self) -> int:
-        """Rows waiting to be leased, as far as this process knows without a query."""
-        return self.journal.depth_estimate - self._inflight_ops
+    def _batch_waits(self) -> bool:
+        """A whole batch is ready to lease, or the journal is at its bound (collects wait for room).
+
+        As far as this process knows without a query: rows in the journal, less those
+        in flight here and those the last short lease found not ready.
+        """
+        depth = self.journal.depth_estimate
+        return (depth - self._inflight_ops - self._unready >= self.batch_size
+                or depth >= self.config.async_collection.max_queue_size)
 
     def _breaker_wait(self) -> float:
         if self.breaker is not None:
@@ -276,7 +287,7 @@ class Consumer:
             if self._inflight >= self.max_inflight:  # 0: another process delivers
                 await self.wait_progress(poll)
                 continue
-            if self._inflight and not self._urgent and self._backlog() < self.batch_size:
+            if self._inflight and not self._urgent and not self._batch_waits():
                 # Nagle for batches: while one is in flight, rows gather for the next
                 # instead of leaving in tiny batches; each batch costs two journal
                 # transactions and thread hops whatever its size. Under light load
@@ -289,7 +300,7 @@ class Consumer:
                 continue
             ac = self.config.async_collection
             linger = self._last_lease + min(ac.batch_linger, ac.batch_timeout) - anyio.current_time()
-            if linger > 0 and not self._urgent and self._backlog() < self.batch_size:
+            if linger > 0 and not self._urgent and not self._batch_waits():
                 # Rows keep arriving: the last lease began under ``batch_linger`` ago,
                 # so let this batch fill a little longer. With a fast sink, leasing at
                 # every settle made batches of a few dozen rows, and that churn (a read
@@ -317,11 +328,13 @@ class Consumer:
                 self.counters.dead += 1
                 log.error("operation %s dead-lettered: %s", op_id, reason)
             if not leased:
+                self._note_unready()
                 await self._nap(poll)
                 continue
             self._last_lease = began
             self._inflight += 1
             self._inflight_ops += len(leased)
+            self._note_unready()
             tg.start_soon(self._process, leased)
             if self.journal.checkpoint_due and not self._checkpointing:
                 # Checkpoint by the WAL's growth, not on a timer: at tens of thousands
@@ -331,6 +344,14 @@ class Consumer:
                 tg.start_soon(self._checkpoint, False)
         while self._inflight:
             await self.wait_progress(poll)
+
+    def _note_unready(self) -> None:
+        # A read that returned fewer rows than it asked for saw every ready row: the
+        # rest are not ready (backing off, leased by another consumer), so they must
+        # not count toward a whole batch, or each collect would end the linger and
+        # every lease would read them again for nothing. A full read knows nothing.
+        short = self._last_read < self.batch_size
+        self._unready = max(0, self.journal.depth_estimate - self._inflight_ops) if short else 0
 
     async def _checkpoint(self, idle: bool) -> None:
         """The lease loop's and housekeeping's checkpoint: one at a time."""
@@ -362,6 +383,7 @@ class Consumer:
                 with anyio.CancelScope(shield=True):
                     await self._settle(merged)
                 self.counters.settled(leased, merged, self.journal.clock())
+                self._unready += len(merged.retry)  # back in the journal, backing off
             except JournalError as exc:
                 # The rows stay leased until their lease expires, then are delivered
                 # again: at-least-once, and sinks are idempotent on the id.
@@ -391,10 +413,14 @@ class Consumer:
         return n
 
     async def _lease(self, n: int) -> tuple[list[LeasedOp], list[tuple[str, str]]]:
-        got = self.journal.select_ready_now(n)
-        if got is None:  # the read would wait or run long: off the loop
+        large, self.journal.large_appended = self.journal.large_appended, False
+        got = self.journal.select_ready_now(n) if self._read_on_loop and not large else None
+        if got is None:  # the read would wait, run long or move many bytes: off the loop
             got = await anyio.to_thread.run_sync(functools.partial(self.journal.select_ready, n))
         rows, now = got
+        self._last_read = len(rows)
+        if rows:  # an empty read says nothing about the size of the next rows
+            self._read_on_loop = sum(len(r[4]) for r in rows) <= LOOP_READ_BYTES
         good: list[LeasedOp] = []
         bad: list[tuple[int, str, str]] = []
         for i in range(0, len(rows), DECODE_SLICE):

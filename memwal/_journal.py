@@ -10,6 +10,7 @@ of sleeping in SQLite's busy handler; other processes are ordered by SQLite's lo
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -64,6 +65,8 @@ EXACT_COUNT_TTL = 0.1
 # Measured: 500 ready rows take 6k steps and 0.6 ms; behind 2,000 leased rows
 # (4 in-flight batches of 500), 23k steps and about as long.
 SELECT_NOW_STEPS = 50
+# A payload this large sets ``large_appended``: the next lease reads off the loop.
+LARGE_ROW = 16 << 10
 LEASE_SELECT_ALL = LEASE_SELECT.format(extra="")
 
 
@@ -156,6 +159,7 @@ class Journal:
         self._counted_at = float("-inf")  # monotonic time of the last exact count
         # Commits since the last checkpoint, this process's (a proxy for WAL pages).
         self.commits = 0
+        self.large_appended = False  # a payload over LARGE_ROW was appended since the consumer last looked
         self._checkpointed_at = 0
 
     def __repr__(self) -> str:
@@ -312,6 +316,8 @@ class Journal:
                         priority=priority, tags=tags, project=project, created_at=created_at,
                     )
                     payload = _encode(op)
+                    if len(payload) > LARGE_ROW:
+                        self.large_appended = True
                     row = (rank_key | seq, new_id, category, created_at, _crc32(payload), payload)
                     if op_id is not None:
                         self._append_known_id(cur.connection, row, seq)
@@ -467,36 +473,31 @@ class Journal:
         For an event loop, like ``write_now``: it never waits for the consumer
         connection (another thread holds it), for another process's SQLite lock
         (busy_timeout 0 meanwhile), nor past ``budget`` thousand SQLite VM steps (a
-        scan over many rows that are not ready: leased, backing off). The caller then
-        runs ``select_ready`` on a worker thread. On the loop, the read does not trade
-        the GIL with collect() row by row, as a worker thread's read does.
+        scan over many rows that are not ready: leased, backing off). On any SQLite
+        error it returns None too: the caller then runs ``select_ready`` on a worker
+        thread, which waits as usual and reports a real error. On the loop, the read
+        does not trade the GIL with collect() row by row, as a worker thread's does.
         """
         if not self._clock_c.acquire(blocking=False):
             return None
         try:
             c = self._conn(self._c)
-            steps = 0
-
-            def over_budget() -> bool:
-                nonlocal steps
-                steps += 1
-                return steps > budget
-
+            # The budget counter is C code (no Python frame runs, so no signal
+            # handler can run inside it and have its exception swallowed by sqlite3):
+            # zero ``budget`` times, then StopIteration, which interrupts the query.
+            tick = itertools.repeat(0, budget).__next__
             now = self.clock()
             try:
                 c.execute("PRAGMA busy_timeout=0")
-                c.set_progress_handler(over_budget, 1000)
-                try:
-                    return c.execute(LEASE_SELECT_ALL, {"now": now, "n": n}).fetchall(), now
-                finally:
-                    c.set_progress_handler(None, 0)
-                    c.execute(f"PRAGMA busy_timeout={int(self.config.busy_timeout * 1000)}")
-            except sqlite3.OperationalError as exc:
-                if steps > budget or "locked" in str(exc) or "busy" in str(exc):
-                    return None
-                raise JournalError(f"cannot read: {exc}", path=str(self.path)) from exc
-            except sqlite3.Error as exc:
-                raise JournalError(f"cannot read: {exc}", path=str(self.path)) from exc
+                c.set_progress_handler(tick, 1000)
+                return c.execute(LEASE_SELECT_ALL, {"now": now, "n": n}).fetchall(), now
+            except sqlite3.Error:
+                return None
+            finally:
+                c.set_progress_handler(None, 0)
+                c.execute(f"PRAGMA busy_timeout={int(self.config.busy_timeout * 1000)}")
+        except sqlite3.Error:
+            return None
         finally:
             self._clock_c.release()
 
