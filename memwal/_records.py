@@ -12,6 +12,7 @@ import os
 import random
 import re
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -138,13 +139,15 @@ def decode_op(payload: bytes) -> MemoryOperation:
 
 
 class IdGenerator:
-    """Time-ordered ids, strictly increasing within the process.
+    """Time-ordered ids, strictly increasing for one generator (one journal).
 
     An id is a UUIDv7 whose 60 bits after the version hold the sequence (milliseconds,
     sub-millisecond microseconds, 8 random bits) and whose last 56 bits are random
-    per process (fresh after a fork). The sequence orders a process's ids; the
-    per-process bits keep two processes that draw the same sequence apart. ``next``
-    formats an id from a per-millisecond prefix and two table lookups.
+    per generator (fresh in a forked child). The sequence orders a generator's ids;
+    the random bits keep two generators that draw the same sequence apart: two
+    processes, or two journals on one file in one process, whose rows may differ in
+    priority and so not collide on the journal's key. ``next`` formats an id from a
+    per-millisecond prefix and two table lookups.
 
     Not thread-safe by itself: callers serialize ``next`` (the journal draws ids
     under the writer lock that orders its commits, so one lock serves both).
@@ -154,6 +157,8 @@ class IdGenerator:
         self._clock = clock
         self._last = 0
         self._ms_prefix = (-1, "")  # the id's first 15 characters for one millisecond
+        self._tails = _new_tails()
+        _GENERATORS.add(self)
 
     def next(self) -> tuple[str, int]:
         """Return ``(id, seq)`` for a new operation."""
@@ -167,24 +172,29 @@ class IdGenerator:
         if ms != cached_ms:
             prefix = f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-7"
             self._ms_prefix = (ms, prefix)
-        return f"{prefix}{_HEX3[(sub << 2) | ((seq >> 6) & 3)]}{_TAILS[seq & 0x3F]}", seq
+        return f"{prefix}{_HEX3[(sub << 2) | ((seq >> 6) & 3)]}{self._tails[seq & 0x3F]}", seq
 
     @property
     def last(self) -> int:
-        """The newest sequence handed out by this process (0 before the first)."""
+        """The newest sequence this generator handed out (0 before the first)."""
         return self._last
 
 
 _getrandbits = random.getrandbits
 _time_ns = time.time_ns
-_TAILS: list[str] = []
 _HEX3 = [f"{i:03x}" for i in range(4096)]
+_GENERATORS: weakref.WeakSet[IdGenerator] = weakref.WeakSet()
 
 
-def _new_tails() -> None:
-    """The 64 possible last 18 characters of this process's ids ("-", variant, 6 bits, 56 random)."""
+def _new_tails() -> list[str]:
+    """The 64 possible last 18 characters of a generator's ids ("-", variant, 6 bits, 56 random)."""
     rnd56 = int.from_bytes(os.urandom(7), "big")
-    _TAILS[:] = [seq_to_id(r, rnd56)[18:] for r in range(64)]
+    return [seq_to_id(r, rnd56)[18:] for r in range(64)]
+
+
+def _after_fork_in_child() -> None:
+    for gen in list(_GENERATORS):
+        gen._tails = _new_tails()
 
 
 def seq_to_id(seq: int, rnd56: int) -> str:
@@ -197,8 +207,7 @@ def seq_to_id(seq: int, rnd56: int) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-_new_tails()
-os.register_at_fork(after_in_child=_new_tails)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def id_to_seq(op_id: str) -> int:

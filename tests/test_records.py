@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from memwal import InvalidOperation, Memory, MemoryCategory, MemoryOperation, Priority
+from memwal import _records as records
 from memwal._records import (
     KNOWN_CATEGORIES,
     IdGenerator,
@@ -147,6 +148,16 @@ class TestTagsAndProject:
 
 
 class TestIds:
+    def test_two_generators_drawing_the_same_sequence_give_different_ids(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        # Two journals on one file in one process: rows of different priorities get
+        # different keys even for one sequence, so only the ids' random bits keep a
+        # sink (idempotent on the id) from dropping one of them.
+        monkeypatch.setattr(records, "_getrandbits", lambda bits: 0)
+        a, b = IdGenerator(lambda: 1_700_000_000.0), IdGenerator(lambda: 1_700_000_000.0)
+        (id_a, seq_a), (id_b, seq_b) = a.next(), b.next()
+        assert seq_a == seq_b and id_to_seq(id_a) == id_to_seq(id_b)
+        assert id_a != id_b
+
     def test_ids_sort_like_their_sequence(self) -> None:
         gen = IdGenerator()
         pairs = [gen.next() for _ in range(500)]
