@@ -292,11 +292,7 @@ class Consumer:
                 # instead of leaving in tiny batches; each batch costs two journal
                 # transactions and thread hops whatever its size. Under light load
                 # nothing is in flight and a single row is leased at once.
-                self._gathering = True
-                try:
-                    await self._nap(poll)  # a settle, an urgent wake or a full batch ends it
-                finally:
-                    self._gathering = False
+                await self._gather(poll)
                 continue
             ac = self.config.async_collection
             linger = self._last_lease + min(ac.batch_linger, ac.batch_timeout) - anyio.current_time()
@@ -307,11 +303,7 @@ class Consumer:
                 # on a worker thread, claims and acks on the loop) slowed collect:
                 # p50 1.70x the floor against 1.58x with a 10 ms linger. After a quiet
                 # spell the last lease is old and a lone row is leased at once.
-                self._gathering = True
-                try:
-                    await self._nap(linger)  # a full batch or an urgent wake ends it
-                finally:
-                    self._gathering = False
+                await self._gather(linger)
                 continue
             wait = self._breaker_wait()
             if wait > 0:
@@ -344,6 +336,14 @@ class Consumer:
                 tg.start_soon(self._checkpoint, False)
         while self._inflight:
             await self.wait_progress(poll)
+
+    async def _gather(self, seconds: float) -> None:
+        """Nap while rows gather for a batch; a settle, an urgent wake or a whole batch ends it."""
+        self._gathering = True
+        try:
+            await self._nap(seconds)
+        finally:
+            self._gathering = False
 
     def _note_unready(self) -> None:
         # A read that returned fewer rows than it asked for saw every ready row: the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sqlite3
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,26 @@ from memwal.testing import ManualClock
 
 def add(j: Journal, content: str, priority: Priority = Priority.MEDIUM, category: str = "bug", **kw):
     return j.append(category, content, {}, priority, (), None, **kw)[0]
+
+
+@contextlib.contextmanager
+def held_by_another_thread(lock: Any) -> Iterator[None]:
+    """Run the body while another thread holds ``lock``."""
+    holding, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            holding.set()
+            done.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert holding.wait(10)
+        yield
+    finally:
+        done.set()
+        t.join()
 
 
 @pytest.fixture
@@ -304,21 +326,8 @@ class TestSelectReadyNow:
 
     def test_it_gives_up_at_once_while_a_thread_of_this_process_reads(self, journal: Journal) -> None:
         add(journal, "a")
-        holding, done = threading.Event(), threading.Event()
-
-        def hold() -> None:
-            with journal._clock_c:
-                holding.set()
-                done.wait(10)
-
-        t = threading.Thread(target=hold)
-        t.start()
-        try:
-            assert holding.wait(10)
+        with held_by_another_thread(journal._clock_c):
             assert journal.select_ready_now(10) is None
-        finally:
-            done.set()
-            t.join()
 
     def test_it_gives_up_at_once_while_another_connection_locks_the_journal(
         self, journal: Journal, journal_path: Path
@@ -360,21 +369,8 @@ class TestWriteNow:
     def test_it_gives_up_at_once_while_a_thread_of_this_process_writes(self, journal: Journal) -> None:
         add(journal, "a")
         sql, params, _ = self._claim(journal)
-        holding, done = threading.Event(), threading.Event()
-
-        def hold() -> None:
-            with journal._wlock:
-                holding.set()
-                done.wait(10)
-
-        t = threading.Thread(target=hold)
-        t.start()
-        try:
-            assert holding.wait(10)
+        with held_by_another_thread(journal._wlock):
             assert journal.write_now(sql, params) is None
-        finally:
-            done.set()
-            t.join()
         assert journal.counts().leased == 0  # nothing was written
 
     def test_it_gives_up_at_once_while_another_connection_writes(self, journal: Journal, journal_path: Path) -> None:
