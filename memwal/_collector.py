@@ -316,7 +316,8 @@ class AsyncMemoryCollector:
         assert self._consumer is not None
         # Everything collected before now, by any process: ids are time-ordered.
         mark = max(self.journal.ids.last, (int(time.time() * 1_000_000) << 8) | 0xFF)
-        total = await anyio.to_thread.run_sync(self.journal.remaining_upto, mark)
+        async with self._consumer.removals_held():  # nothing this process settles escapes the count
+            total = await anyio.to_thread.run_sync(self.journal.remaining_upto, mark)
         remaining = total > 0
         # A settled batch leaves the journal before its counters move: wait for both,
         # so stats() right after a flush counts everything the flush waited for.
@@ -329,8 +330,10 @@ class AsyncMemoryCollector:
     async def flush_queue(self, timeout: float | None = None) -> int:
         """Wait until every operation collected before the call is delivered or dead-lettered.
 
-        Returns how many were waited for. On timeout raises TimeoutError; nothing is
-        lost (the operations stay in the journal).
+        Returns how many were waited for: the operations collected before the call that
+        were still in the journal when it began (this collector's consumer acknowledges
+        nothing while the flush counts). On timeout raises TimeoutError; nothing is lost
+        (the operations stay in the journal).
         """
         if self._state != "running":
             raise JournalError(f"collector is {self._state}", path=str(self.journal.path))

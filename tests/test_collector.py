@@ -6,11 +6,13 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.from_thread
 import anyio.lowlevel
 import pytest
 from helpers import FAST, fast_config, wait_for
@@ -283,6 +285,33 @@ async def test_max_inflight_batches_0_on_a_live_collector_stops_leasing(journal_
         c.configure(max_inflight_batches=4)
         assert await c.flush_queue(timeout=30) == 1
         assert sink.arrived == [[first], [paused]]
+
+
+async def test_a_batch_settled_while_a_flush_counts_is_still_counted(journal_path: Path) -> None:
+    # The flush counts the journal on a worker thread. A batch whose delivery ends
+    # meanwhile must not leave the journal before the count: flush_queue would report
+    # 0 for an operation it did wait for.
+    sink = GateSink()
+    async with AsyncMemoryCollector(journal_path, sink, config=cfg()) as c:
+        await c.collect_async("qa", "in flight while the flush counts")
+        await sink.entered.wait()
+        consumer = c._consumer
+        assert consumer is not None
+        count = c.journal.remaining_upto
+        portal_token = anyio.lowlevel.current_token()
+
+        def count_after_the_settle_began(seq: int) -> int:
+            c.journal.remaining_upto = count  # type: ignore[method-assign]  # once
+            anyio.from_thread.run_sync(sink.gate.set, token=portal_token)  # the delivery ends...
+            deadline = time.monotonic() + 10
+            while not consumer._released.statistics().tasks_waiting:  # ...and its ack waits
+                assert time.monotonic() < deadline, "the settle never waited for the count"
+                threading.Event().wait(0.005)
+            return count(seq)
+
+        c.journal.remaining_upto = count_after_the_settle_began  # type: ignore[method-assign]
+        assert await c.flush_queue(timeout=30) == 1
+        assert c.stats().delivered == 1 and sink.arrived and len(sink.memories) == 1
 
 
 async def test_a_flush_leases_a_partial_batch_while_another_is_in_flight(journal_path: Path) -> None:
