@@ -225,9 +225,18 @@ class MemoryCache:
         it after the row is committed and before it returns, and a token taken before
         the stamp is older than the stamp, so an entry read meanwhile is never served.
         """
-        queued = self._queued
-        queued.append((category, project))
-        if len(queued) > _MAX_QUEUED:  # nobody reads: bound the queue
+        self._queued.append((category, project))
+        self.bound_queue()
+
+    @property
+    def queue_scope(self) -> Callable[[Scope], None]:
+        """``collected`` without a Python call, for a caller that also calls
+        ``bound_queue`` at least once every ``_MAX_QUEUED`` scopes it queues."""
+        return self._queued.append
+
+    def bound_queue(self) -> None:
+        """Stamp the queued scopes when more than ``_MAX_QUEUED`` wait (nobody reads)."""
+        if len(self._queued) > _MAX_QUEUED:
             with self._lock:
                 self._stamp_queued()
 

@@ -79,6 +79,7 @@ class AsyncMemoryCollector:
         self._on_full = "reject" if self._block else ac.on_full  # what an append does at once
         self._enabled = ac.enabled
         self._record_collect_us = self.counters.collect_us.add
+        self._queue_scope = None if self.cache is None else self.cache.queue_scope
 
     def __repr__(self) -> str:
         c = self.counters
@@ -150,25 +151,26 @@ class AsyncMemoryCollector:
         if self._state != "running":
             raise JournalError(f"collector is {self._state}", path=str(self.journal.path))
         cat, text, meta, prio, tag_t, proj = validate(
-            category, content, metadata, priority, tags, project, max_content_bytes=self._max_content
+            category, content, metadata, priority, tags, project, self._max_content
         )
-        op, dropped = self.journal.append(cat, text, meta, prio, tag_t, proj, limit=self._limit, on_full=on_full)
-        cache = self.cache
-        if cache is not None:  # before collect returns: the next read must see this op
-            if dropped is None:
-                cache.collected(cat, proj)
-            else:
-                cache.invalidate(op, dropped, True)
+        op, dropped = self.journal.append(cat, text, meta, prio, tag_t, proj, self._limit, on_full)
         c = self.counters
-        c.collected += 1
-        if dropped is not None:
+        c.collected = n = c.collected + 1
+        # Before collect returns, the cache learns of the op: the next read must see it.
+        if dropped is None:
+            if self._queue_scope is not None:
+                self._queue_scope((cat, proj))
+                if not n & 0x1FF:  # the queue's bound (_cache._MAX_QUEUED) is 2x this
+                    self.cache.bound_queue()  # type: ignore[union-attr]  # set with _queue_scope
+        else:
+            if self.cache is not None:
+                self.cache.invalidate(op, dropped, True)
             c.drops["queue_full_drop_oldest"] += 1
             log.warning("operation %s dropped to make room (on_full=drop_oldest) for %s", dropped, op.id)
         self._record_collect_us((_perf_ns() - t0) / 1000)
         if _debug_on(_DEBUG):
             log.debug("operation %s collected (%s, %s)", op.id, cat, prio.value)
-        assert self._consumer is not None
-        self._consumer.collected()
+        self._consumer.collected()  # type: ignore[union-attr]  # running: the consumer exists
         return op.id
 
     def collect(

@@ -287,9 +287,9 @@ class Journal:
         priority: Priority,
         tags: tuple[str, ...],
         project: str | None,
-        *,
         limit: int = 1 << 62,
         on_full: str = "reject",
+        *,
         op_id: str | None = None,
     ) -> tuple[MemoryOperation, str | None]:
         """Insert one validated operation in its own committed transaction.
@@ -301,7 +301,8 @@ class Journal:
         rank_key = _RANK_KEY[priority]
         next_id = self.ids.next
         soft_limit = limit - (limit // 10 or 1)  # below it, the estimate decides alone
-        for _ in range(8):
+        collisions = 0
+        while True:
             try:
                 # The id is drawn under the writer lock, which orders ids and commits
                 # alike (IdGenerator has no lock of its own).
@@ -330,10 +331,11 @@ class Journal:
                         return op, None
                     return op, self._append_exact(cur.connection, row, priority, limit, on_full)
             except sqlite3.IntegrityError:
-                continue  # another process took the same key in the same microsecond
+                collisions += 1  # another process took the same key in the same microsecond
+                if collisions == 8:
+                    raise JournalError("cannot append: key collisions persisted", path=str(self.path)) from None
             except sqlite3.Error as exc:
                 raise JournalError(f"cannot append: {exc}", path=str(self.path)) from exc
-        raise JournalError("cannot append: key collisions persisted", path=str(self.path))
 
     def _append_exact(
         self, w: sqlite3.Connection, row: tuple[Any, ...], priority: Priority, limit: int, on_full: str

@@ -156,23 +156,27 @@ class IdGenerator:
     def __init__(self, clock: Any = None) -> None:
         self._clock = clock
         self._last = 0
-        self._ms_prefix = (-1, "")  # the id's first 15 characters for one millisecond
+        self._ms_us = -1000  # the current millisecond, in microseconds
+        self._prefix = ""  # the id's first 15 characters for that millisecond
         self._tails = _new_tails()
         _GENERATORS.add(self)
 
     def next(self) -> tuple[str, int]:
         """Return ``(id, seq)`` for a new operation."""
         clock = self._clock
-        seq = ((_time_ns() // 1000 if clock is None else int(clock() * 1_000_000)) << 8) | _getrandbits(8)
+        us = _time_ns() // 1000 if clock is None else int(clock() * 1_000_000)
+        r8 = _getrandbits(8)
+        seq = us << 8 | r8
         if seq <= self._last:
             seq = self._last + 1
+            us, r8 = seq >> 8, seq & 0xFF
         self._last = seq
-        ms, sub = divmod(seq >> 8, 1000)
-        cached_ms, prefix = self._ms_prefix
-        if ms != cached_ms:
-            prefix = f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-7"
-            self._ms_prefix = (ms, prefix)
-        return f"{prefix}{_HEX3[(sub << 2) | ((seq >> 6) & 3)]}{self._tails[seq & 0x3F]}", seq
+        sub = us - self._ms_us  # microseconds into the cached millisecond; never < 0, seq only grows
+        if sub >= 1000:
+            ms = us // 1000
+            self._ms_us, self._prefix = ms * 1000, f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-7"
+            sub = us - ms * 1000
+        return f"{self._prefix}{_HEX3[sub << 2 | r8 >> 6]}{self._tails[r8 & 0x3F]}", seq
 
     @property
     def last(self) -> int:
@@ -356,7 +360,6 @@ def validate(
     priority: object,
     tags: object,
     project: object,
-    *,
     max_content_bytes: int,
 ) -> tuple[str, str, dict[str, Any], Priority, tuple[str, ...], str | None]:
     """Check and normalise collect()'s arguments; raise InvalidOperation naming the field."""

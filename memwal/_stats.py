@@ -29,12 +29,17 @@ class LatencyWindow:
         self._buf = array("d", bytes(8 * size))
         self._size = size
         self.count = 0
-        self.total = 0.0
+        self._sum = 0.0
 
     def add(self, value: float) -> None:
         self._buf[self.count % self._size] = value
         self.count += 1
-        self.total += value
+        self._sum += value
+
+    @property
+    def total(self) -> float:
+        """The sum of every sample added since start."""
+        return self._sum
 
     def samples(self) -> list[float]:
         n = min(self.count, self._size)
@@ -72,22 +77,24 @@ class HistogramWindow(LatencyWindow):
     the hot path pays no per-sample bisect.
     """
 
-    FOLD = 256  # divides the ring size, so a run of unfolded samples is contiguous
+    FOLD = 256  # add() folds when count is a multiple (0xFF below); divides the ring size
 
     def __init__(self, bounds: Sequence[float], size: int = 8192) -> None:
         super().__init__(size)
-        if size % self.FOLD:
-            raise ValueError(f"window size {size} must be a multiple of {self.FOLD}")
+        if size < self.FOLD or size & (size - 1):
+            raise ValueError(f"window size {size} must be a power of two, at least {self.FOLD}")
+        self._mask = size - 1
         self.bounds = tuple(bounds)
         self._buckets = [0] * (len(self.bounds) + 1)
         self._folded = 0
         self._fold_lock = threading.Lock()
 
     def add(self, value: float) -> None:
-        self._buf[self.count % self._size] = value
-        self.count += 1
-        self.total += value
-        if not self.count % self.FOLD:
+        # collect()'s hot path: the ring only; the fold keeps the sum and the buckets.
+        n = self.count
+        self._buf[n & self._mask] = value
+        self.count = n = n + 1
+        if not n & 0xFF:
             self._fold()
 
     @property
@@ -96,6 +103,12 @@ class HistogramWindow(LatencyWindow):
         self._fold()
         return list(self._buckets)
 
+    @property
+    def total(self) -> float:
+        """The sum of every sample added since start."""
+        self._fold()
+        return self._sum
+
     def _fold(self) -> None:
         with self._fold_lock:
             end, start = self.count, max(self._folded, self.count - self._size)
@@ -103,6 +116,7 @@ class HistogramWindow(LatencyWindow):
                 return
             lo, hi = start % self._size, end % self._size or self._size
             chunk = sorted(self._buf[lo:hi] if lo < hi else self._buf[lo:] + self._buf[:hi])
+            self._sum += sum(chunk)
             below = 0
             for i, bound in enumerate(self.bounds):
                 upto = bisect_right(chunk, bound)

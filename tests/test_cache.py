@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+from helpers import fast_config
 
-from memwal import MemoryCache, MemoryOperation
+from memwal import AsyncMemoryCollector, MemoryCache, MemoryOperation
 from memwal._cache import _MAX_QUEUED, estimate_bytes
 from memwal._config import CacheConfig
-from memwal.testing import ManualClock
+from memwal.testing import ManualClock, MemorySink
 
 MISS = object()
 
@@ -95,7 +97,14 @@ def _collected(cache: MemoryCache, o: MemoryOperation) -> None:
     cache.collected(o.category, o.project)  # collect()'s hot path: queued, stamped by the next read
 
 
-WRITE_PATHS = pytest.mark.parametrize("write", [_invalidate, _collected], ids=["invalidate", "collected"])
+def _queue_scope(cache: MemoryCache, o: MemoryOperation) -> None:
+    cache.queue_scope((o.category, o.project))  # the collector's form of collected()
+    cache.bound_queue()
+
+
+WRITE_PATHS = pytest.mark.parametrize(
+    "write", [_invalidate, _collected, _queue_scope], ids=["invalidate", "collected", "queue_scope"]
+)
 
 
 @WRITE_PATHS
@@ -211,6 +220,18 @@ def test_collects_nobody_reads_queue_a_bounded_number_of_scopes() -> None:
     assert cache.get("q") == "v"  # none of them wrote its scope
     cache.collected("bug", None)
     assert cache.get("q", MISS) is MISS
+
+
+@pytest.mark.anyio
+async def test_a_collector_nobody_reads_from_keeps_the_scope_queue_bounded(tmp_path: Path) -> None:
+    async with AsyncMemoryCollector(tmp_path / "j.journal", MemorySink(), config=fast_config()) as c:
+        assert c.cache is not None
+        longest = 0
+        for i in range(5 * _MAX_QUEUED):
+            c.collect("feedback", f"op {i}")
+            longest = max(longest, len(c.cache._queued))
+        assert 0 < longest < 2 * _MAX_QUEUED  # collect bounds it every _MAX_QUEUED / 2 ops
+        assert [m.content for m in await c.recent("feedback", limit=1)] == [f"op {5 * _MAX_QUEUED - 1}"]
 
 
 @WRITE_PATHS

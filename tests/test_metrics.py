@@ -205,3 +205,10 @@ def test_histogram_buckets_count_every_sample_however_often_they_are_read(values
         expected[bisect.bisect_left(COLLECT_BOUNDS_US, v)] += 1
     assert w.buckets == expected
     assert w.count == len(values)
+    assert w.total == pytest.approx(math.fsum(values), rel=1e-9, abs=1e-9)  # the sum is kept at each fold
+
+
+def test_a_histogram_window_is_a_power_of_two_of_at_least_one_fold() -> None:
+    for size in (384, 128):
+        with pytest.raises(ValueError, match=f"window size {size} must be a power of two"):
+            HistogramWindow(COLLECT_BOUNDS_US, size=size)

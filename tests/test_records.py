@@ -8,7 +8,7 @@ import uuid
 
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memwal import InvalidOperation, Memory, MemoryCategory, MemoryOperation, Priority
@@ -162,6 +162,26 @@ class TestIds:
         gen = IdGenerator()
         pairs = [gen.next() for _ in range(500)]
         assert sorted(pairs) == sorted(pairs, key=lambda p: p[1])
+
+    @settings(max_examples=50, deadline=None)
+    @given(st.lists(st.integers(min_value=-3_000, max_value=3_000), min_size=1, max_size=300))
+    def test_ids_stay_ordered_and_decodable_when_the_clock_jumps(self, steps: list[int]) -> None:
+        # Steps in microseconds, backwards too, across millisecond edges: the id of
+        # each sequence (its cached millisecond prefix included) must decode to it.
+        now = [1_700_000_000_000_000]
+
+        def clock() -> float:
+            return now[0] / 1_000_000
+
+        gen = IdGenerator(clock)
+        pairs = []
+        for step in steps:
+            now[0] += step
+            pairs.append(gen.next())
+        seqs = [seq for _, seq in pairs]
+        assert seqs == sorted(set(seqs))  # strictly increasing
+        assert [id_to_seq(op_id) for op_id, _ in pairs] == seqs
+        assert sorted(op_id for op_id, _ in pairs) == [op_id for op_id, _ in pairs]
 
     def test_ids_are_uuid_v7(self) -> None:
         import uuid
