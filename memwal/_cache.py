@@ -42,6 +42,7 @@ _enc = msgspec.json.Encoder()
 _ENTRY_OVERHEAD = 400  # bytes: the entry, key tuple and Struct headers beside the JSON size
 _MEMORY_OVERHEAD = 300  # bytes: one Memory's object headers, dict and tuple beside its JSON
 _MAX_QUEUED = 1024  # collected scopes waiting to be stamped before collect() stamps them itself
+QUEUE_CHECK_MASK = _MAX_QUEUED // 2 - 1  # a queue_scope caller bounds the queue when count & this is 0
 
 
 class CacheToken(NamedTuple):

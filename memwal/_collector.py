@@ -14,7 +14,7 @@ import anyio.abc
 import anyio.from_thread
 
 from ._adaptive import apply_changes
-from ._cache import MemoryCache
+from ._cache import QUEUE_CHECK_MASK, MemoryCache
 from ._config import Config
 from ._consumer import Consumer
 from ._errors import JournalError, QueueFull, SinkRejected
@@ -160,7 +160,7 @@ class AsyncMemoryCollector:
         if dropped is None:
             if self._queue_scope is not None:
                 self._queue_scope((cat, proj))
-                if not n & 0x1FF:  # the queue's bound (_cache._MAX_QUEUED) is 2x this
+                if not n & QUEUE_CHECK_MASK:  # every 512 collects: the bound is 1024 queued
                     self.cache.bound_queue()  # type: ignore[union-attr]  # set with _queue_scope
         else:
             if self.cache is not None:
@@ -318,8 +318,12 @@ class AsyncMemoryCollector:
         assert self._consumer is not None
         # Everything collected before now, by any process: ids are time-ordered.
         mark = max(self.journal.ids.last, (int(time.time() * 1_000_000) << 8) | 0xFF)
-        async with self._consumer.removals_held():  # nothing this process settles escapes the count
-            total = await anyio.to_thread.run_sync(self.journal.remaining_upto, mark)
+        # Counted on a thread: what this process removes meanwhile is added back.
+        watch = self.journal.watch_removals(mark)
+        try:
+            total = await anyio.to_thread.run_sync(self.journal.remaining_upto, mark, watch)
+        finally:
+            self.journal.unwatch(watch)
         remaining = total > 0
         # A settled batch leaves the journal before its counters move: wait for both,
         # so stats() right after a flush counts everything the flush waited for.
@@ -333,9 +337,9 @@ class AsyncMemoryCollector:
         """Wait until every operation collected before the call is delivered or dead-lettered.
 
         Returns how many were waited for: the operations collected before the call that
-        were still in the journal when it began (this collector's consumer acknowledges
-        nothing while the flush counts). On timeout raises TimeoutError; nothing is lost
-        (the operations stay in the journal).
+        were still in the journal when it began (exact for this collector's removals;
+        another process's consumer may deliver some before the count and go uncounted).
+        On timeout raises TimeoutError; nothing is lost (the operations stay in the journal).
         """
         if self._state != "running":
             raise JournalError(f"collector is {self._state}", path=str(self.journal.path))

@@ -7,7 +7,6 @@ the loop only does the I/O. Journal calls run whole on a worker thread.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import math
@@ -15,7 +14,7 @@ import random
 import threading
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
@@ -152,8 +151,6 @@ class Consumer:
         self._gathering = False  # napping while a batch is in flight and the next one fills
         self._last_lease = -math.inf  # anyio.current_time() when the last non-empty lease began
         self.settling = 0  # batches whose rows may have left the journal, not yet counted
-        self._holds = 0  # flushes counting the journal: rows must not leave it meanwhile
-        self._released = anyio.Event()
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = 0
@@ -179,27 +176,6 @@ class Consumer:
         self.max_inflight = config.performance.max_inflight_batches
         if ac.rate_limit != old.rate_limit:
             self.bucket.set_rate(ac.rate_limit)
-
-    @contextlib.asynccontextmanager
-    async def removals_held(self) -> AsyncIterator[None]:
-        """Keep this consumer's rows in the journal for the block (flush_queue counts them).
-
-        Acks and dead letters wait until the block ends; the rows stay leased. Without
-        the hold, a batch settled while a flush counts on a worker thread is neither
-        in the count nor anywhere else, and the flush would under-report it.
-        """
-        self._holds += 1
-        try:
-            yield
-        finally:
-            self._holds -= 1
-            if not self._holds:
-                self._released.set()
-                self._released = anyio.Event()
-
-    async def _removals_allowed(self) -> None:
-        while self._holds:
-            await self._released.wait()
 
     # -- signals -----------------------------------------------------------------
 
@@ -430,7 +406,7 @@ class Consumer:
     # take turns. Rows are decoded on the loop too, in slices, so no worker holds the
     # GIL for a whole batch while collect() waits for it.
 
-    async def _write(self, sql: str, params: Any, *, removes: int = 0) -> int:
+    async def _write(self, sql: str, params: Any, *, removes: Sequence[int] = ()) -> int:
         n = self.journal.write_now(sql, params, removes=removes)
         if n is None:
             n = await anyio.to_thread.run_sync(functools.partial(self.journal.write_one, sql, params, removes=removes))
@@ -454,7 +430,6 @@ class Consumer:
             good += g
             bad += b
         if bad:
-            await self._removals_allowed()
             await anyio.to_thread.run_sync(self.journal.dead_letter, bad, now)
         claimed: set[int] = set()
         for sql, params, keys in self.journal.claim_statements("ops", good, now):
@@ -467,12 +442,10 @@ class Consumer:
     async def _settle(self, s: Settlement) -> None:
         statements = self.journal.settle_statements(s)
         if statements is None:  # dead letters, held rows or retention: one transaction
-            await self._removals_allowed()
             await anyio.to_thread.run_sync(self.journal.settle, s)
             return
-        for sql, params, n in statements:
-            await self._removals_allowed()
-            await self._write(sql, params, removes=n)
+        for sql, params, removed in statements:
+            await self._write(sql, params, removes=removed)
 
     async def _deliver_group(self, group: list[LeasedOp], parts: list[Settlement]) -> None:
         ops = [g.op for g in group]

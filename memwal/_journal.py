@@ -93,6 +93,17 @@ class Settlement(msgspec.Struct, kw_only=True):
     release: list[int] = []
 
 
+class RemovalWatch:
+    """Counts the rows with a sequence at most ``upto`` that this journal removes
+    from ``ops`` (acknowledged, dead-lettered, held, evicted) while it is registered."""
+
+    __slots__ = ("removed", "upto")
+
+    def __init__(self, upto: int) -> None:
+        self.upto = upto & SEQ_MASK
+        self.removed = 0
+
+
 class JournalCounts(msgspec.Struct, frozen=True, kw_only=True):
     """Rows by state, read from the journal (so every process is counted)."""
 
@@ -151,6 +162,9 @@ class Journal:
         self._c: sqlite3.Connection | None = None
         self._r: sqlite3.Connection | None = None
         self._lw: sqlite3.Connection | None = None  # write_now's: never waits on a lock
+        self._fc: sqlite3.Connection | None = None  # flush counts' snapshots, opened on first use
+        self._flock = threading.Lock()  # guards _fc
+        self._watches: list[RemovalWatch] = []  # replaced, never mutated (read without a lock)
         self._closed = False
         # Depth estimate for back-pressure: the last exact count plus what this process
         # added since, minus what it removed. Exact counting happens near the limit.
@@ -214,7 +228,7 @@ class Journal:
         if self._closed:
             return
         self._closed = True
-        with self._wlock, self._clock_c:
+        with self._flock, self._clock_c, self._wlock:  # the order every other holder takes them in
             if self._c is not None:
                 try:
                     self._c.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -227,10 +241,10 @@ class Journal:
         return self._w is not None and not self._closed
 
     def _close_conns(self) -> None:
-        for conn in (self._w, self._c, self._r, self._lw):
+        for conn in (self._w, self._c, self._r, self._lw, self._fc):
             if conn is not None:
                 conn.close()
-        self._w = self._c = self._r = self._lw = None
+        self._w = self._c = self._r = self._lw = self._fc = None
         self._wc = None
 
     def _connect(self) -> sqlite3.Connection:
@@ -351,7 +365,8 @@ class Journal:
         try:
             depth = self._depth_base + self._depth_delta if fresh else w.execute("SELECT count(*) FROM ops").fetchone()[0]
             full = depth >= limit
-            dropped = self._evict(w, priority) if full and on_full == "drop_oldest" else None
+            evicted = self._evict(w, priority) if full and on_full == "drop_oldest" else None
+            dropped = None if evicted is None else evicted[1]
             if full and dropped is None:
                 w.execute("ROLLBACK")
             else:
@@ -360,6 +375,8 @@ class Journal:
         except BaseException:
             w.execute("ROLLBACK")
             raise
+        if evicted is not None:
+            self._removed((evicted[0],))
         if not fresh:
             self._set_depth(depth)
         if full and dropped is None:
@@ -391,7 +408,7 @@ class Journal:
         self._depth_delta += 1
 
     @staticmethod
-    def _evict(w: sqlite3.Connection, priority: Priority) -> str | None:
+    def _evict(w: sqlite3.Connection, priority: Priority) -> tuple[int, str] | None:
         # The oldest pending row of the lowest priority, never above the new one's.
         for rank in range(3, priority.rank - 1, -1):
             row = w.execute(
@@ -400,7 +417,7 @@ class Journal:
             ).fetchone()
             if row is not None:
                 w.execute("DELETE FROM ops WHERE k = ?", (row[0],))
-                return str(row[1])
+                return int(row[0]), str(row[1])
         return None
 
     @property
@@ -418,7 +435,8 @@ class Journal:
 
     # -- consumer ----------------------------------------------------------------
 
-    def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    def _write(self, fn: Callable[[sqlite3.Connection], Any], removes: Sequence[int] = ()) -> Any:
+        """``fn`` in one write transaction; ``removes``: the keys it takes out of ``ops``."""
         with self._clock_c, self._wlock:
             c = self._conn(self._c)
             try:
@@ -429,6 +447,7 @@ class Journal:
                 result = fn(c)
                 c.execute("COMMIT")
                 self.commits += 1
+                self._removed(removes)
                 return result
             except sqlite3.Error as exc:
                 c.execute("ROLLBACK")
@@ -505,7 +524,8 @@ class Journal:
 
     def dead_letter(self, bad: Sequence[tuple[int, str, str]], now: float) -> None:
         """Move rows that failed their checksum or decode (``(key, id, reason)``) to dead."""
-        self._write(lambda c: _move_dead(c, [(k, r) for k, _, r in bad], now, table="ops", add_attempt=0))
+        self._write(lambda c: _move_dead(c, [(k, r) for k, _, r in bad], now, table="ops", add_attempt=0),
+                    removes=[k for k, _, _ in bad])
 
     def claim_statements(self, table: str, good: Sequence[LeasedOp], now: float) -> list[tuple[str, tuple[Any, ...], list[int]]]:
         """``(sql, params, keys)`` per chunk: each leases its keys that are still ready."""
@@ -521,8 +541,8 @@ class Journal:
         """After a claim changed fewer rows than asked (a race): which keys are ours."""
         return [r[0] for r in self._read_c(CLAIMED.format(table=table), params[:3])]
 
-    def settle_statements(self, s: Settlement) -> list[tuple[str, tuple[Any, ...], int]] | None:
-        """``s`` as single statements ``(sql, params, rows removed)``, or None.
+    def settle_statements(self, s: Settlement) -> list[tuple[str, tuple[Any, ...], list[int]]] | None:
+        """``s`` as single statements ``(sql, params, keys it removes)``, or None.
 
         Acknowledgements, retries and releases each change a row in one statement, so
         they need no shared transaction: a crash between two statements leaves each row
@@ -536,9 +556,9 @@ class Journal:
             return [rows[i : i + CHUNK] for i in range(0, len(rows), CHUNK)]
 
         return [
-            *((ACK_OPS, (json.dumps(keys),), len(keys)) for keys in chunks(s.acked)),
-            *((RETRY_OPS, (json.dumps(rows), self.owner), 0) for rows in chunks(s.retry)),
-            *((RELEASE_OPS, (json.dumps(keys), self.owner), 0) for keys in chunks(s.release)),
+            *((ACK_OPS, (json.dumps(keys),), keys) for keys in chunks(s.acked)),
+            *((RETRY_OPS, (json.dumps(rows), self.owner), []) for rows in chunks(s.retry)),
+            *((RELEASE_OPS, (json.dumps(keys), self.owner), []) for keys in chunks(s.release)),
         ]
 
     def _claim(self, table: str, good: list[LeasedOp], now: float) -> set[int]:
@@ -551,10 +571,11 @@ class Journal:
                 claimed.update(self.claimed_keys(table, params))
         return claimed
 
-    def write_one(self, sql: str, params: Any, *, removes: int = 0) -> int:
+    def write_one(self, sql: str, params: Any, *, removes: Sequence[int] = ()) -> int:
         """One statement in its own (autocommit) transaction; returns rows changed.
 
-        ``removes`` is how many undelivered rows it deletes (for the depth estimate).
+        ``removes`` are the keys of the undelivered rows it deletes (for the depth
+        estimate and flush_queue's count).
         """
         with self._clock_c, self._wlock:
             try:
@@ -562,13 +583,32 @@ class Journal:
             except sqlite3.Error as exc:
                 raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
 
-    def _run_one(self, c: sqlite3.Connection, sql: str, params: Any, removes: int) -> int:
+    def _run_one(self, c: sqlite3.Connection, sql: str, params: Any, removes: Sequence[int]) -> int:
         n = int(c.execute(sql, params).rowcount)  # the caller holds _wlock
         self.commits += 1
-        self._depth_delta -= removes
+        self._depth_delta -= len(removes)
+        self._removed(removes)
         return n
 
-    def write_now(self, sql: str, params: Any, *, removes: int = 0) -> int | None:
+    def _removed(self, keys: Sequence[int]) -> None:
+        """Count committed removals from ``ops`` into the watches (the caller holds _wlock)."""
+        for w in self._watches:
+            upto = w.upto
+            w.removed += sum(1 for k in keys if k & SEQ_MASK <= upto)
+
+    def watch_removals(self, upto: int) -> RemovalWatch:
+        """From now until ``unwatch``, count this journal's removals of rows whose
+        sequence is at most ``upto`` (``remaining_upto`` adds them to its count)."""
+        w = RemovalWatch(upto)
+        with self._wlock:  # removals committed before this are not counted, later ones are
+            self._watches = [*self._watches, w]
+        return w
+
+    def unwatch(self, w: RemovalWatch) -> None:
+        with self._wlock:
+            self._watches = [x for x in self._watches if x is not w]
+
+    def write_now(self, sql: str, params: Any, *, removes: Sequence[int] = ()) -> int | None:
         """``write_one`` if it can run at once, else None (nothing written).
 
         It never waits: not for this process's writer lock, not for another
@@ -619,8 +659,8 @@ class Journal:
         keep = self.config.retention_seconds > 0
         statements = self.settle_statements(s)
         if statements is not None:  # the common case: one statement per chunk
-            for sql, params, n in statements:
-                self.write_one(sql, params, removes=n)
+            for sql, params, removed in statements:
+                self.write_one(sql, params, removes=removed)
             return
 
         def txn(c: sqlite3.Connection) -> None:
@@ -654,11 +694,11 @@ class Journal:
                 )
                 c.executemany("DELETE FROM ops WHERE k = ?", [(k,) for k, _ in s.held])
 
-        self._write(txn)
-        removed = len(s.acked) + len(s.dead) + len(s.held)
+        removed = [*s.acked, *(k for k, _ in s.dead), *(k for k, _ in s.held)]
+        self._write(txn, removes=removed)
         if removed:
             with self._wlock:
-                self._depth_delta -= removed
+                self._depth_delta -= len(removed)
 
     def settle_held(
         self, acked: Sequence[int], retry: Sequence[tuple[int, str, float]], release: Sequence[int]
@@ -802,13 +842,32 @@ class Journal:
             pending=ops.get(0, 0), leased=ops.get(1, 0), dead=dead, delivered=done, held=held
         )
 
-    def remaining_upto(self, seq: int) -> int:
-        """Undelivered rows whose sequence is at most ``seq`` (what a flush waits for)."""
+    def remaining_upto(self, seq: int, watch: RemovalWatch | None = None) -> int:
+        """Undelivered rows whose sequence is at most ``seq`` (what a flush waits for),
+        plus the rows ``watch`` saw this journal remove, both as of one snapshot.
+
+        The snapshot is taken holding the writer lock, so each removal by this process
+        is either committed before it (and in ``watch``) or after it (and counted).
+        """
         sql = " + ".join(["(SELECT count(*) FROM ops WHERE k BETWEEN ? AND ?)"] * 4)
         params: list[int] = []
         for rank in range(4):
             params += [rank << RANK_SHIFT, (rank << RANK_SHIFT) | (seq & SEQ_MASK)]
-        return int(self._read(f"SELECT {sql}", params)[0][0])
+        with self._flock:
+            try:
+                if self._fc is None and not self._closed:
+                    self._fc = self._connect()
+                c = self._conn(self._fc)
+                c.execute("BEGIN")
+                try:
+                    with self._wlock:
+                        c.execute("SELECT 1 FROM ops LIMIT 1").fetchall()  # WAL: the first read takes the snapshot
+                        removed = 0 if watch is None else watch.removed
+                    return int(c.execute(f"SELECT {sql}", params).fetchone()[0]) + removed
+                finally:
+                    c.execute("COMMIT")  # ends the read transaction
+            except sqlite3.Error as exc:
+                raise JournalError(f"cannot read: {exc}", path=str(self.path)) from exc
 
     def any_upto(self, seq: int) -> bool:
         """Is any undelivered row's sequence at most ``seq``? One index seek per priority."""

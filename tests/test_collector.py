@@ -44,11 +44,14 @@ class GateSink(MemorySink):
         self.gate = anyio.Event()
         self.entered = anyio.Event()
         self.arrived: list[list[str]] = []  # each call's ids, recorded before the gate
+        self.reject = False  # past the gate: raise SinkRejected instead of storing
 
     async def deliver(self, ops: Sequence[MemoryOperation]):
         self.arrived.append([op.id for op in ops])
         self.entered.set()
         await self.gate.wait()
+        if self.reject:
+            raise SinkRejected("the test rejects this batch")
         return await super().deliver(ops)
 
 
@@ -287,31 +290,32 @@ async def test_max_inflight_batches_0_on_a_live_collector_stops_leasing(journal_
         assert sink.arrived == [[first], [paused]]
 
 
-async def test_a_batch_settled_while_a_flush_counts_is_still_counted(journal_path: Path) -> None:
-    # The flush counts the journal on a worker thread. A batch whose delivery ends
-    # meanwhile must not leave the journal before the count: flush_queue would report
-    # 0 for an operation it did wait for.
+@pytest.mark.parametrize("outcome", ["delivered", "dead-lettered"])
+async def test_a_batch_settled_while_a_flush_counts_is_still_counted(journal_path: Path, outcome: str) -> None:
+    # The flush counts the journal on a worker thread. A batch this collector settles
+    # before that count reads the journal must still be counted: flush_queue once
+    # reported 0 for an operation it had waited for (1 run in 5 of a test below).
     sink = GateSink()
+    sink.reject = outcome == "dead-lettered"
     async with AsyncMemoryCollector(journal_path, sink, config=cfg()) as c:
-        await c.collect_async("qa", "in flight while the flush counts")
+        op_id = await c.collect_async("qa", "in flight while the flush counts")
         await sink.entered.wait()
-        consumer = c._consumer
-        assert consumer is not None
         count = c.journal.remaining_upto
         portal_token = anyio.lowlevel.current_token()
 
-        def count_after_the_settle_began(seq: int) -> int:
+        def count_after_the_batch_settled(seq: int, watch: Any) -> int:
             c.journal.remaining_upto = count  # type: ignore[method-assign]  # once
             anyio.from_thread.run_sync(sink.gate.set, token=portal_token)  # the delivery ends...
             deadline = time.monotonic() + 10
-            while not consumer._released.statistics().tasks_waiting:  # ...and its ack waits
-                assert time.monotonic() < deadline, "the settle never waited for the count"
+            while c.journal.find(op_id) is not None:  # ...and the row leaves the journal
+                assert time.monotonic() < deadline, "the batch never settled"
                 threading.Event().wait(0.005)
-            return count(seq)
+            return count(seq, watch)
 
-        c.journal.remaining_upto = count_after_the_settle_began  # type: ignore[method-assign]
+        c.journal.remaining_upto = count_after_the_batch_settled  # type: ignore[method-assign]
         assert await c.flush_queue(timeout=30) == 1
-        assert c.stats().delivered == 1 and sink.arrived and len(sink.memories) == 1
+        s = c.stats()
+        assert (s.delivered, s.dead) == ((1, 0) if outcome == "delivered" else (0, 1))
 
 
 async def test_a_flush_leases_a_partial_batch_while_another_is_in_flight(journal_path: Path) -> None:

@@ -407,6 +407,36 @@ class TestFind:
         assert journal.remaining_upto(mark) == 0 and not journal.any_upto(mark)
         assert journal.any_upto(journal.ids.last)  # the critical one is still there
 
+    def test_remaining_upto_adds_back_what_this_journal_removed_since_the_watch(self, journal: Journal) -> None:
+        # flush_queue counts on a worker thread while the consumer settles: a row this
+        # journal removes after the watch began is added back, each path counted once.
+        ops = [add(journal, f"op {i}") for i in range(6)]
+        mark = journal.ids.last
+        later = add(journal, "collected after the mark")
+        gone_before = next(g for g in journal.lease(1)[0])
+        journal.settle(Settlement(acked=[gone_before.key]))  # removed before the watch: not counted
+        watch = journal.watch_removals(mark)
+        leased = {g.op.id: g for g in journal.lease(10)[0]}
+        statements = journal.settle_statements(Settlement(acked=[leased[ops[1].id].key]))
+        assert statements is not None
+        for sql, params, removed in statements:  # the consumer's path: one statement each
+            assert journal.write_now(sql, params, removes=removed) == 1
+        journal.settle(Settlement(dead=[(leased[ops[2].id].key, "rejected")]))  # one transaction
+        journal.settle(Settlement(held=[(leased[ops[3].id].key, "fallback")]))
+        journal.settle(Settlement(acked=[leased[later.id].key]))  # after the mark: not counted
+        assert watch.removed == 3
+        assert journal.remaining_upto(mark) == 2  # ops[4] and ops[5]
+        assert journal.remaining_upto(mark, watch) == 5  # ...plus the three removed meanwhile
+        journal.unwatch(watch)
+        journal.settle(Settlement(acked=[leased[ops[4].id].key]))
+        assert watch.removed == 3  # no longer watched
+
+    def test_an_eviction_to_make_room_counts_as_a_removal(self, journal: Journal) -> None:
+        first = add(journal, "oldest, evicted")
+        watch = journal.watch_removals(journal.ids.last)
+        _, dropped = journal.append("qa", "newest", {}, Priority.MEDIUM, (), None, 1, "drop_oldest")
+        assert dropped == first.id and watch.removed == 1
+
     def test_an_id_already_present_cannot_be_appended_again(self, journal: Journal) -> None:
         op = add(journal, "x")
         for prio in Priority:
