@@ -207,11 +207,12 @@ def _percentiles(samples: list[float], scale: float = 1.0) -> Percentiles | None
 
 def _histogram(w: HistogramWindow, divisor: float = 1.0) -> Histogram:
     running, out = 0, []
-    for le, n in zip((*w.bounds, float("inf")), w.buckets, strict=True):
+    buckets, total = w.folded()  # one fold: the sum covers exactly the counted samples
+    for le, n in zip((*w.bounds, float("inf")), buckets, strict=True):
         running += n
         out.append((le / divisor, running))  # divide: 25 / 1e6 is exactly 2.5e-05, 25 * 1e-6 is not
     # count from the buckets so +Inf == _count even if a racing collect thread lost an update
-    return Histogram(buckets=tuple(out), sum=w.total / divisor, count=running)
+    return Histogram(buckets=tuple(out), sum=total / divisor, count=running)
 
 
 def _ratio(part: float, whole: float) -> float:

@@ -100,30 +100,37 @@ class HistogramWindow(LatencyWindow):
     @property
     def buckets(self) -> list[int]:
         """Counts per bucket of every sample added since start."""
-        self._fold()
-        return list(self._buckets)
+        return self.folded()[0]
 
     @property
     def total(self) -> float:
         """The sum of every sample added since start."""
-        self._fold()
-        return self._sum
+        return self.folded()[1]
+
+    def folded(self) -> tuple[list[int], float]:
+        """``buckets`` and ``total`` over the same samples (one fold)."""
+        with self._fold_lock:
+            self._fold_locked()
+            return list(self._buckets), self._sum
 
     def _fold(self) -> None:
         with self._fold_lock:
-            end, start = self.count, max(self._folded, self.count - self._size)
-            if end <= start:
-                return
-            lo, hi = start % self._size, end % self._size or self._size
-            chunk = sorted(self._buf[lo:hi] if lo < hi else self._buf[lo:] + self._buf[:hi])
-            self._sum += sum(chunk)
-            below = 0
-            for i, bound in enumerate(self.bounds):
-                upto = bisect_right(chunk, bound)
-                self._buckets[i] += upto - below
-                below = upto
-            self._buckets[-1] += len(chunk) - below
-            self._folded = end
+            self._fold_locked()
+
+    def _fold_locked(self) -> None:  # the caller holds _fold_lock
+        end, start = self.count, max(self._folded, self.count - self._size)
+        if end <= start:
+            return
+        lo, hi = start % self._size, end % self._size or self._size
+        chunk = sorted(self._buf[lo:hi] if lo < hi else self._buf[lo:] + self._buf[:hi])
+        self._sum += sum(chunk)
+        below = 0
+        for i, bound in enumerate(self.bounds):
+            upto = bisect_right(chunk, bound)
+            self._buckets[i] += upto - below
+            below = upto
+        self._buckets[-1] += len(chunk) - below
+        self._folded = end
 
 
 class OffWindow(HistogramWindow):
