@@ -587,14 +587,22 @@ class Journal:
         n = int(c.execute(sql, params).rowcount)  # the caller holds _wlock
         self.commits += 1
         self._depth_delta -= len(removes)
-        self._removed(removes)
+        if removes:
+            self._removed(removes, n)
         return n
 
-    def _removed(self, keys: Sequence[int]) -> None:
-        """Count committed removals from ``ops`` into the watches (the caller holds _wlock)."""
+    def _removed(self, keys: Sequence[int], deleted: int | None = None) -> None:
+        """Count committed removals from ``ops`` into the watches (the caller holds _wlock).
+
+        ``deleted``: how many of ``keys`` the statement found (fewer when another
+        consumer acknowledged some first); None when all were ours to remove.
+        """
         for w in self._watches:
             upto = w.upto
-            w.removed += sum(1 for k in keys if k & SEQ_MASK <= upto)
+            mine = sum(1 for k in keys if k & SEQ_MASK <= upto)
+            # Short of rows: exact when the keys are all on one side of the mark (a
+            # batch usually is), else at most what was deleted.
+            w.removed += mine if deleted is None or deleted >= len(keys) else min(mine, deleted)
 
     def watch_removals(self, upto: int) -> RemovalWatch:
         """From now until ``unwatch``, count this journal's removals of rows whose
@@ -855,9 +863,11 @@ class Journal:
             params += [rank << RANK_SHIFT, (rank << RANK_SHIFT) | (seq & SEQ_MASK)]
         with self._flock:
             try:
-                if self._fc is None and not self._closed:
+                if self._fc is None and self.is_open:
                     self._fc = self._connect()
                 c = self._conn(self._fc)
+                if c.in_transaction:  # a COMMIT that failed last time
+                    c.execute("ROLLBACK")
                 c.execute("BEGIN")
                 try:
                     with self._wlock:

@@ -136,7 +136,8 @@ def _repair(journal: Journal, bad: list[tuple[str, int, str, str]]) -> set[int]:
     fixed: set[int] = set()
     for i in range(0, len(bad), _PAGE):
         part = bad[i : i + _PAGE]
-        fixed |= journal._write(functools.partial(txn, part=part))
+        removes = [k for state, k, _, _ in part if STATES[state][0] == "ops"]  # a flush counts them
+        fixed |= journal._write(functools.partial(txn, part=part), removes=removes)
         for state, _, op_id, detail in part:
             log.error("verify: operation %s (%s) quarantined in dead letters: %s", op_id, state, detail)
     journal.refresh_depth()
