@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+import warnings
+import weakref
+from collections.abc import Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -24,6 +27,7 @@ from ._reads import Reader
 from ._records import Memory, MemoryCategory, Priority, validate
 from ._sinks.base import Sink
 from ._stats import CollectorStats, Counters, snapshot
+from ._vocab import CollectHelpers
 
 __all__ = ["AsyncMemoryCollector"]
 
@@ -32,12 +36,62 @@ _debug_on = log.isEnabledFor  # collect() skips building its DEBUG record when n
 _perf_ns = time.perf_counter_ns
 _DEBUG = logging.DEBUG
 
+# A collector inherited through fork() is unusable in the child: its consumer ran on
+# the parent's threads, its SQLite connections must not cross a fork, and a lock held
+# by another parent thread at the fork stays held forever in the child.
+FORKED = "inherited through fork(): open a new collector in the child process"
+# How long closing the sink and the journal may take once cancelled (shielded).
+RELEASE_BOUND = 5.0
+
+_live: weakref.WeakSet[AsyncMemoryCollector] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for c in list(_live):
+        if c._state in ("starting", "running", "closing"):
+            c._state = FORKED
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _require_asyncio() -> None:
+    """Raise at once unless an asyncio event loop runs this task (trio is not supported)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            "memwal runs on asyncio: start the collector under asyncio (anyio.run(..., backend='asyncio'))"
+        ) from None
+
+
+def _warn_unclosed(collector: Any, when: str) -> None:
+    """The ResourceWarning for a collector its application never closed."""
+    warnings.warn(
+        f"{type(collector).__name__} on journal {collector.journal.path} was never closed; closed {when}"
+        " (operations not delivered stay in the journal)",
+        ResourceWarning,
+        stacklevel=2,
+    )
+
+
+class _Ready:
+    """start()'s TaskStatus for run(): an event, and the error if run() failed first."""
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.error: BaseException | None = None
+
+    def started(self, value: None = None) -> None:
+        self.event.set()
+
+
 Category = str | MemoryCategory
 Meta = Mapping[str, Any] | None
 Prio = Priority | str | None
 
 
-class AsyncMemoryCollector:
+class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
     """Collect memories without waiting for the backend; nothing collected is lost.
 
     ``collect``/``collect_async`` append to the journal file in one committed SQLite
@@ -66,7 +120,14 @@ class AsyncMemoryCollector:
         self.counters = Counters(metrics=self.config.health.metrics)
         self.monitor = HealthMonitor(self, clock=clock)
         self._consumer: Consumer | None = None
-        self._tg: anyio.abc.TaskGroup | None = None
+        # The service's events and scope, made by start()/run() (anyio needs a running loop)
+        self._stop_requested: anyio.Event | None = None
+        self._done: anyio.Event | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._task: asyncio.Task[None] | None = None  # start()'s service task (the loop holds it weakly)
+        self._serving = False  # run() has begun
+        self._closing = False  # aclose() was called: an end of the service is no surprise
+        _live.add(self)
         self.cache = MemoryCache.from_config(self.config.cache, timer=clock) if self.config.cache.enabled else None
         self._reader = Reader(self.journal, sink, self.cache, self.counters,
                               timeout=self.config.performance.operation_timeout)
@@ -89,50 +150,207 @@ class AsyncMemoryCollector:
         )
 
     # -- lifecycle ---------------------------------------------------------------
+    #
+    # The consumer and the health monitor run in ``run()``, a service task. ``start()``
+    # runs it in a task of its own (an asyncio task the caller's cancel scopes do not
+    # reach); callers who own a task group may run it there instead. ``aclose()`` only
+    # signals the service and waits for it, so it works from any task and inside any
+    # cancel scope: a cancelled close aborts the drain, and the service still releases
+    # its leases and closes the sink and the journal (shielded, bounded) before the
+    # cancellation goes on.
+
+    def _claim_start(self) -> None:
+        if self._state == "closed":
+            raise JournalError("collector is closed", path=str(self.journal.path))
+        if self._state == FORKED:
+            raise JournalError(f"collector is {FORKED}", path=str(self.journal.path))
+        if self._state != "new":
+            raise RuntimeError(f"collector for {self.journal.path} is already started")
+        _require_asyncio()
+        self._state = "starting"
+        self._stop_requested = anyio.Event()
+        self._done = anyio.Event()
+        self._scope = anyio.CancelScope()
 
     async def start(self) -> None:
-        """Open the journal and start the consumer (enter and leave in the same task)."""
-        if self._state != "new":
-            if self._state == "closed":
-                raise JournalError("collector is closed", path=str(self.journal.path))
+        """Open the journal and start delivering in the background; a no-op once started.
+
+        The consumer runs in a task of its own, so ``start`` and ``aclose`` may be
+        called from different tasks and inside any cancel scopes. Raises JournalError
+        (naming the file) when the journal or a SQLiteSink cannot be opened, and
+        RuntimeError at once under an event loop other than asyncio.
+
+        Example:
+            >>> c = AsyncMemoryCollector("agent.journal", SQLiteSink("memories.db"))
+            >>> await c.start()
+            >>> ...
+            >>> await c.aclose()
+        """
+        if self._state in ("starting", "running", "closing"):
             return
-        await anyio.to_thread.run_sync(self.journal.open)
-        self.sink.bind(self.config, self.clock)
-        self._consumer = Consumer(self.journal, self.sink, self.config, counters=self.counters, clock=self.clock)
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
+        self._claim_start()
+        ready = _Ready()
+        self._task = asyncio.get_running_loop().create_task(
+            self._serve(ready), name=f"memwal collector {self.journal.path}"
+        )
         try:
-            await tg.start(self._consumer.run)
-            tg.start_soon(self.monitor.run)
+            await ready.event.wait()
+        except anyio.get_cancelled_exc_class():
+            await self._abort_and_wait()
+            raise
+        if ready.error is not None:
+            raise ready.error
+
+    async def _serve(self, ready: _Ready) -> None:
+        """``run()`` as start()'s own task: report startup, and never raise into the loop."""
+        try:
+            await self.run(task_status=ready)
+        except BaseException as exc:  # the task's end is reported, not raised
+            if not ready.event.is_set():
+                ready.error = exc if isinstance(exc, Exception) else JournalError(
+                    "collector start was cancelled", path=str(self.journal.path))
+                ready.event.set()
+            elif isinstance(exc, asyncio.CancelledError):
+                # The event loop is shutting down (asyncio.run cancels what is left):
+                # run() has released the leases and closed the journal.
+                if not self._closing:
+                    _warn_unclosed(self, "at event loop shutdown")
+            else:
+                log.error("collector for %s stopped: %r", self.journal.path, exc, exc_info=exc)
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run the collector as an anyio service until ``aclose()`` or cancellation.
+
+        For callers who own a task group (instead of ``start()``/``async with``): the
+        collector is usable once ``tg.start`` returns. ``aclose()`` ends it after a
+        bounded drain; cancelling its task group ends it at once. Either way the
+        leases are released and the sink and the journal closed; undelivered
+        operations stay in the journal.
+
+        Example:
+            >>> async with anyio.create_task_group() as tg:
+            ...     await tg.start(c.run)
+            ...     c.collect("bug", "parser fails on empty input")
+            ...     await c.aclose()
+        """
+        if self._state != "starting" or self._serving:
+            self._claim_start()  # from "new"; raises when closed, forked or already started
+        self._serving = True
+        assert self._scope is not None and self._stop_requested is not None
+        try:
+            with self._scope:
+                await self._open()
+                assert self._consumer is not None
+                async with anyio.create_task_group() as tg:
+                    await tg.start(self._consumer.run)
+                    tg.start_soon(self.monitor.run)
+                    self._state = "running"
+                    task_status.started()
+                    await self._stop_requested.wait()
+                    self._state = "closing"
+                    await self._drain()
+                    tg.cancel_scope.cancel()
+        finally:
+            await self._release()
+
+    async def _open(self) -> None:
+        await anyio.to_thread.run_sync(self.journal.open)
+        try:
+            self.sink.bind(self.config, self.clock)
         except BaseException:
-            await tg.__aexit__(None, None, None)
             await anyio.to_thread.run_sync(self.journal.close)
             raise
-        self._tg = tg
-        self._state = "running"
+        self._consumer = Consumer(self.journal, self.sink, self.config, counters=self.counters, clock=self.clock)
+
+    async def _release(self) -> None:
+        """Close the sink and the journal, shielded and bounded (the consumer released its leases)."""
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + RELEASE_BOUND
+            self.monitor.stop()
+            try:
+                await self.sink.aclose()
+            except Exception as exc:  # noqa: BLE001  (closing the journal matters more)
+                log.warning("closing sink %s failed: %r", self.sink.name, exc)
+            await anyio.to_thread.run_sync(self.journal.close)
+        if self._state != FORKED:
+            self._state = "closed"
+        assert self._done is not None
+        self._done.set()
+
+    async def _drain(self) -> None:
+        """Deliver what can be delivered now, within ``shutdown_timeout``; then stop the consumer."""
+        assert self._consumer is not None
+        timeout = self.config.journal.shutdown_timeout
+        deadline = anyio.current_time() + timeout
+        with anyio.move_on_after(timeout):
+            await self._deliver_while_possible()
+        await self._consumer.stop(max(0.0, deadline - anyio.current_time()))
+
+    async def _deliver_while_possible(self) -> None:
+        """Lease and deliver until nothing more can be delivered now.
+
+        Stops at once when the breaker is open, delivery is left to another process
+        (``max_inflight_batches: 0``), a delivery fails (the rows back off), or no row
+        is ready (the rest back off or are leased elsewhere): close waits only for
+        deliveries in flight, never for a sink that is down.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        failed_before = self.counters.retried + self.counters.released
+        while True:
+            if self.counters.retried + self.counters.released != failed_before:
+                return
+            if consumer.max_inflight == 0 or consumer._breaker_wait() > 0:
+                return
+            if not consumer._inflight and not await anyio.to_thread.run_sync(self._any_ready):
+                return
+            consumer.wake(urgent=True)
+            await consumer.wait_progress(self.config.journal.poll_interval * 4)
+
+    def _any_ready(self) -> bool:
+        try:
+            return bool(self.journal.select_ready(1)[0])
+        except JournalError:
+            return False
 
     async def aclose(self) -> None:
-        """Flush within the shutdown timeout, release leases, checkpoint and close.
+        """Deliver what can be delivered now, release leases, close the sink and the journal.
 
-        Whatever is not delivered stays in the journal for the next start. Closing
+        Waits for deliveries in flight and keeps delivering while the sink takes
+        operations, up to ``journal.shutdown_timeout``; returns at once when nothing
+        can be delivered now (sink down, breaker open, rows backing off, delivery left
+        to another process). Whatever is not delivered stays in the journal for the
+        next start. Callable from any task and inside any cancel scope: when
+        cancelled it stops waiting for deliveries, still releases the leases and
+        closes the sink and the journal, then lets the cancellation go on. Closing
         twice is a no-op; collect after close raises JournalError.
+
+        Example:
+            >>> with anyio.move_on_after(1):  # bound the shutdown
+            ...     await c.aclose()
         """
-        if self._state in ("closed", "new"):
-            self._state = "closed"
+        if self._state in ("new", FORKED):
+            self._state = "closed" if self._state == "new" else FORKED
             return
-        self._state = "closed"
-        assert self._consumer is not None and self._tg is not None
-        deadline = self.clock() + self.config.journal.shutdown_timeout
+        if self._state == "closed" and self._done is None:
+            return
+        assert self._done is not None and self._stop_requested is not None
+        self._closing = True
+        self._stop_requested.set()
         try:
-            with anyio.move_on_after(self.config.journal.shutdown_timeout, shield=True):
-                await self._flush_all()
-            await self._consumer.stop(max(0.0, deadline - self.clock()))
-        finally:
-            self.monitor.stop()
-            await self._tg.__aexit__(None, None, None)
-            with anyio.CancelScope(shield=True):
-                await self.sink.aclose()
-                await anyio.to_thread.run_sync(self.journal.close)
+            await self._done.wait()
+        except anyio.get_cancelled_exc_class():
+            await self._abort_and_wait()
+            raise
+
+    async def _abort_and_wait(self) -> None:
+        """Cancel the service's drain and wait (shielded, bounded) until it has closed."""
+        self._closing = True
+        assert self._scope is not None and self._done is not None
+        self._scope.cancel()
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(RELEASE_BOUND * 2):
+                await self._done.wait()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -244,29 +462,10 @@ class AsyncMemoryCollector:
         if reason is not None:
             raise SinkRejected(f"operation {op_id} was dead-lettered: {reason}")
 
-    async def collect_bug(self, content: str, metadata: Meta = None, priority: Prio = None, **kw: Any) -> str:
-        """collect_async with category ``bug``."""
-        return await self.collect_async("bug", content, metadata, priority, **kw)
-
-    async def collect_error(self, content: str, metadata: Meta = None, priority: Prio = None, **kw: Any) -> str:
-        """collect_async with category ``error``."""
-        return await self.collect_async("error", content, metadata, priority, **kw)
-
-    async def collect_feedback(self, content: str, metadata: Meta = None, priority: Prio = None, **kw: Any) -> str:
-        """collect_async with category ``feedback``."""
-        return await self.collect_async("feedback", content, metadata, priority, **kw)
-
-    async def collect_performance(self, content: str, metadata: Meta = None, priority: Prio = None, **kw: Any) -> str:
-        """collect_async with category ``performance``."""
-        return await self.collect_async("performance", content, metadata, priority, **kw)
-
-    async def collect_architecture(self, content: str, metadata: Meta = None, priority: Prio = None, **kw: Any) -> str:
-        """collect_async with category ``architecture``."""
-        return await self.collect_async("architecture", content, metadata, priority, **kw)
-
-    async def collect_operation(self, content: str, metadata: Meta = None, priority: Prio = None, **kw: Any) -> str:
-        """collect_async with category ``operation``."""
-        return await self.collect_async("operation", content, metadata, priority, **kw)
+    def _collect_as(
+        self, category: str, content: str, metadata: Meta, priority: Prio, kw: dict[str, Any]
+    ) -> Coroutine[Any, Any, str]:
+        return self.collect_async(category, content, metadata, priority, **kw)
 
     # -- reading -----------------------------------------------------------------
 

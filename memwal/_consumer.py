@@ -258,7 +258,8 @@ class Consumer:
         """Stop leasing, let in-flight batches finish within ``timeout`` seconds."""
         self._stopping = True
         self._wake.set()
-        with anyio.move_on_after(timeout, shield=True):
+        # Not shielded: a cancelled close (the collector's abort) stops waiting at once.
+        with anyio.move_on_after(timeout):
             await self._idle.wait()
         if not self._idle.is_set() and self.task_group is not None:
             log.warning("shutdown timeout: cancelling in-flight deliveries; their rows stay in the journal")

@@ -2,29 +2,101 @@
 
 from __future__ import annotations
 
+import atexit
+import concurrent.futures
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
+import anyio
 import anyio.from_thread
 
-from ._collector import AsyncMemoryCollector, Category, Meta, Prio
+from ._collector import FORKED, AsyncMemoryCollector, Category, Meta, Prio, _warn_unclosed
 from ._config import Config
-from ._errors import QueueFull
+from ._errors import JournalError, QueueFull
 from ._health import AlertCallback, Health
 from ._records import Memory
 from ._sinks.base import Sink
 from ._stats import CollectorStats
+from ._vocab import CollectHelpers
 
 __all__ = ["MemoryCollector"]
 
+# Extra seconds an exit-time close may take past shutdown_timeout (closing files).
+EXIT_MARGIN = 5.0
 
-class MemoryCollector:
+
+class _LoopThread:
+    """An asyncio event loop on a daemon thread, reached through an anyio BlockingPortal.
+
+    A daemon thread, so an application that never closes its collector still exits:
+    the interpreter does not wait for it, and ``_close_at_exit`` (an atexit hook, which
+    runs while daemon threads still live) closes the collector with a bounded flush.
+    """
+
+    def __init__(self, name: str) -> None:
+        ready: concurrent.futures.Future[anyio.from_thread.BlockingPortal] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._main, args=(ready,), name=name, daemon=True)
+        self._thread.start()
+        self.portal = ready.result()
+
+    @staticmethod
+    def _main(ready: concurrent.futures.Future[anyio.from_thread.BlockingPortal]) -> None:
+        async def serve() -> None:
+            async with anyio.from_thread.BlockingPortal() as portal:
+                ready.set_result(portal)
+                await portal.sleep_until_stopped()
+
+        anyio.run(serve, backend="asyncio")
+
+    def submit(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
+        """Run ``fn`` (a coroutine function) on the loop; TimeoutError after ``timeout``."""
+        return self.portal.start_task_soon(fn).result(timeout)
+
+    def stop(self, timeout: float) -> None:
+        try:
+            self.portal.start_task_soon(self.portal.stop).result(timeout)
+        except (RuntimeError, concurrent.futures.TimeoutError):
+            return  # the loop is gone or stuck: a daemon thread does not hold up exit
+        self._thread.join(timeout)
+
+
+# Collectors to close at interpreter exit (removed by close()); strong references: the
+# loop thread keeps each collector alive anyway until it is closed.
+_open: set[MemoryCollector] = set()
+_open_lock = threading.Lock()
+
+
+def _close_at_exit() -> None:
+    with _open_lock:
+        left = list(_open)
+    for c in left:
+        _warn_unclosed(c._async, "at interpreter exit")
+        c._close(timeout=c.config.journal.shutdown_timeout + EXIT_MARGIN)
+
+
+def _after_fork_in_child() -> None:
+    global _open_lock
+    _open_lock = threading.Lock()  # another parent thread may have held it at the fork
+    for c in list(_open):
+        c._forked = True
+    _open.clear()
+
+
+atexit.register(_close_at_exit)
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class MemoryCollector(CollectHelpers[str]):
     """The synchronous, thread-safe facade for code without an event loop.
 
     ``collect`` appends on the caller's thread; the consumer runs on a background
-    thread (an anyio blocking portal). Many threads may call ``collect`` at once.
+    thread (an asyncio loop on a daemon thread). Many threads may call ``collect`` at
+    once. A collector never closed is closed at interpreter exit with a bounded flush
+    and a ResourceWarning naming the journal. After ``os.fork()`` the child cannot use
+    the parent's collector: every call raises JournalError (open a new one there).
 
     Example:
         >>> with MemoryCollector("agent.journal", SQLiteSink("memories.db")) as c:
@@ -33,23 +105,38 @@ class MemoryCollector:
     """
 
     def __init__(self, journal: str | os.PathLike[str], sink: Sink, *, config: Config | None = None) -> None:
-        self._portal_cm = anyio.from_thread.start_blocking_portal()
-        self._portal = self._portal_cm.__enter__()
+        self._forked = False
+        self._closed = True  # until started
+        self._async = AsyncMemoryCollector(journal, sink, config=config)
+        self._loop = _LoopThread(f"memwal {self._async.journal.path}")
+        self._portal = self._loop.portal
         try:
-            self._async = AsyncMemoryCollector(journal, sink, config=config)
-            self._cm = self._portal.wrap_async_context_manager(self._async)
-            self._cm.__enter__()
+            self._loop.submit(self._async.start)
         except BaseException:
-            self._portal_cm.__exit__(None, None, None)
+            self._loop.stop(EXIT_MARGIN)
             raise
         self._closed = False
+        with _open_lock:
+            _open.add(self)
 
     def __repr__(self) -> str:
         return repr(self._async).replace("AsyncMemoryCollector", "MemoryCollector", 1)
 
     @property
     def config(self) -> Config:
+        """The live Config (``configure`` replaces it).
+
+        Example:
+            >>> c.config.async_collection.batch_size
+            100
+        """
         return self._async.config
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` on the collector's loop (a coroutine function or a plain one)."""
+        if self._forked:
+            raise JournalError(f"collector is {FORKED}", path=str(self._async.journal.path))
+        return self._portal.call(fn, *args)
 
     def collect(
         self,
@@ -74,27 +161,17 @@ class MemoryCollector:
             op_id: str = self._portal.call(a._append_blocking, category, content, metadata, priority, tags, project)
             return op_id
 
-    def collect_bug(self, content: str, metadata: Meta = None, priority: Prio = None, **kw: Any) -> str:
-        return self.collect("bug", content, metadata, priority, **kw)
-
-    def collect_error(self, content: str, metadata: Meta = None, priority: Prio = None, **kw: Any) -> str:
-        return self.collect("error", content, metadata, priority, **kw)
-
-    def collect_feedback(self, content: str, metadata: Meta = None, priority: Prio = None, **kw: Any) -> str:
-        return self.collect("feedback", content, metadata, priority, **kw)
-
-    def collect_performance(self, content: str, metadata: Meta = None, priority: Prio = None, **kw: Any) -> str:
-        return self.collect("performance", content, metadata, priority, **kw)
-
-    def collect_architecture(self, content: str, metadata: Meta = None, priority: Prio = None, **kw: Any) -> str:
-        return self.collect("architecture", content, metadata, priority, **kw)
-
-    def collect_operation(self, content: str, metadata: Meta = None, priority: Prio = None, **kw: Any) -> str:
-        return self.collect("operation", content, metadata, priority, **kw)
+    def _collect_as(self, category: str, content: str, metadata: Meta, priority: Prio, kw: dict[str, Any]) -> str:
+        return self.collect(category, content, metadata, priority, **kw)
 
     def get(self, op_id: str) -> Memory | None:
-        """AsyncMemoryCollector.get, blocking: read-your-writes, then the cached sink."""
-        return self._portal.call(self._async.get, op_id)
+        """AsyncMemoryCollector.get, blocking: read-your-writes, then the cached sink.
+
+        Example:
+            >>> c.get(c.collect("bug", "parser fails")).content
+            'parser fails'
+        """
+        return self._call(self._async.get, op_id)  # type: ignore[no-any-return]
 
     def search(
         self,
@@ -105,49 +182,115 @@ class MemoryCollector:
         project: str | None = None,
         limit: int = 10,
     ) -> list[Memory]:
-        """AsyncMemoryCollector.search, blocking."""
-        return self._portal.call(
+        """AsyncMemoryCollector.search, blocking.
+
+        Example:
+            >>> [m.content for m in c.search("parser", category="bug", limit=5)]
+        """
+        return self._call(  # type: ignore[no-any-return]
             lambda: self._async.search(query, category=category, tags=tags, project=project, limit=limit)
         )
 
     def recent(self, category: Category | None = None, *, limit: int = 20) -> list[Memory]:
-        """AsyncMemoryCollector.recent, blocking."""
-        return self._portal.call(lambda: self._async.recent(category, limit=limit))
+        """AsyncMemoryCollector.recent, blocking.
+
+        Example:
+            >>> c.recent("feedback", limit=5)
+        """
+        return self._call(lambda: self._async.recent(category, limit=limit))  # type: ignore[no-any-return]
 
     def flush(self, timeout: float | None = None) -> int:
-        """Block until everything collected before the call is delivered or dead-lettered."""
-        return self._portal.call(self._async.flush_queue, timeout)
+        """Block until everything collected before the call is delivered or dead-lettered.
+
+        Counts as AsyncMemoryCollector.flush_queue does; TimeoutError after ``timeout``
+        seconds (nothing is lost). Example: ``c.flush(timeout=10)``
+        """
+        return self._call(self._async.flush_queue, timeout)  # type: ignore[no-any-return]
+
+    def flush_queue(self, timeout: float | None = None) -> int:
+        """The same as ``flush`` (the name AsyncMemoryCollector uses).
+
+        Example:
+            >>> c.flush_queue(timeout=10)
+        """
+        return self.flush(timeout)
 
     def stats(self) -> CollectorStats:
+        """A frozen snapshot of counters and journal depth.
+
+        Example:
+            >>> c.stats().delivered
+        """
+        if self._forked:
+            raise JournalError(f"collector is {FORKED}", path=str(self._async.journal.path))
         return self._async.stats()
 
     def health(self) -> Health:
-        """A frozen Health snapshot, taken on the collector's event loop thread."""
-        return self._portal.call(self._async.health)
+        """A frozen Health snapshot, taken on the collector's event loop thread.
+
+        Example:
+            >>> if c.health().status != "ok": ...
+        """
+        return self._call(self._async.health)  # type: ignore[no-any-return]
 
     def add_alert_callback(self, callback: AlertCallback) -> None:
-        """Call ``callback(alert)`` once per health status transition (on the loop thread)."""
-        self._portal.call(self._async.add_alert_callback, callback)
+        """Call ``callback(alert)`` once per health status transition (on the loop thread).
+
+        Example:
+            >>> c.add_alert_callback(lambda alert: print(alert.status, alert.reasons))
+        """
+        self._call(self._async.add_alert_callback, callback)
 
     def remove_alert_callback(self, callback: AlertCallback) -> None:
-        self._portal.call(self._async.remove_alert_callback, callback)
+        """Stop calling ``callback``; ValueError if it was never added.
+
+        Example:
+            >>> c.remove_alert_callback(on_alert)
+        """
+        self._call(self._async.remove_alert_callback, callback)
 
     def configure(self, **changes: Any) -> Config:
-        """Change safe settings on the live collector; see AsyncMemoryCollector.configure."""
-        return self._portal.call(lambda: self._async.configure(**changes))
+        """Change safe settings on the live collector; see AsyncMemoryCollector.configure.
+
+        Example:
+            >>> c.configure(batch_size=50)
+        """
+        return self._call(lambda: self._async.configure(**changes))  # type: ignore[no-any-return]
 
     def reset_circuit_breaker(self) -> None:
-        self._portal.call(self._async.reset_circuit_breaker)
+        """Force every breaker of the sink closed (deliveries resume at once).
+
+        Example:
+            >>> c.reset_circuit_breaker()
+        """
+        self._call(self._async.reset_circuit_breaker)
 
     def close(self) -> None:
-        """Flush within the shutdown timeout, stop the consumer thread and close."""
+        """Deliver what can be delivered now (up to ``shutdown_timeout``), then close.
+
+        As AsyncMemoryCollector.aclose: returns at once when nothing can be delivered
+        now; undelivered operations stay in the journal. Closing twice is a no-op; in
+        a child process after fork() it only forgets the parent's collector.
+
+        Example:
+            >>> c.close()
+        """
+        self._close(timeout=None)
+
+    def _close(self, timeout: float | None) -> None:
         if self._closed:
             return
         self._closed = True
+        with _open_lock:
+            _open.discard(self)
+        if self._forked:
+            return  # the parent's loop thread does not exist here
         try:
-            self._cm.__exit__(None, None, None)
+            self._loop.submit(self._async.aclose, timeout)
+        except concurrent.futures.TimeoutError:
+            pass  # at exit, bounded: the rows stay in the journal
         finally:
-            self._portal_cm.__exit__(None, None, None)
+            self._loop.stop(EXIT_MARGIN)
 
     def __enter__(self) -> Self:
         return self
