@@ -26,6 +26,7 @@ from ._journal import Journal
 from ._reads import Reader
 from ._records import Memory, MemoryCategory, Priority, validate
 from ._sinks.base import Sink
+from ._sinks.sqlite import SQLiteSink
 from ._stats import CollectorStats, Counters, snapshot
 from ._vocab import CollectHelpers
 
@@ -113,7 +114,7 @@ class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
     ) -> None:
         if not isinstance(sink, Sink):
             raise TypeError(f"sink must be a memwal.Sink, got {type(sink).__name__}")
-        self.config = config or Config()
+        self._config = config or Config()
         self.sink = sink
         self.journal = Journal(journal, self.config.journal)
         self.clock = clock
@@ -141,6 +142,16 @@ class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
         self._enabled = ac.enabled
         self._record_collect_us = self.counters.collect_us.add
         self._queue_scope = None if self.cache is None else self.cache.queue_scope
+
+    @property
+    def config(self) -> Config:
+        """The live Config (``configure`` replaces it).
+
+        Example:
+            >>> c.config.async_collection.batch_size
+            100
+        """
+        return self._config
 
     def __repr__(self) -> str:
         c = self.counters
@@ -254,6 +265,8 @@ class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
             await self._release()
 
     async def _open(self) -> None:
+        if isinstance(self.sink, SQLiteSink):  # a store that cannot open fails start(), as the journal does
+            self.sink.check_path()
         await anyio.to_thread.run_sync(self.journal.open)
         try:
             self.sink.bind(self.config, self.clock)
@@ -539,14 +552,31 @@ class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
         were still in the journal when it began (exact for this collector's removals;
         another process's consumer may deliver some before the count and go uncounted).
         On timeout raises TimeoutError; nothing is lost (the operations stay in the journal).
+
+        Example:
+            >>> c.collect("bug", "parser fails on empty input")
+            >>> await c.flush_queue(timeout=10)
+            1
         """
         if self._state != "running":
             raise JournalError(f"collector is {self._state}", path=str(self.journal.path))
         with anyio.fail_after(timeout):
             return await self._flush_all()
 
+    async def flush(self, timeout: float | None = None) -> int:
+        """The same as ``flush_queue`` (the name MemoryCollector uses).
+
+        Example:
+            >>> await c.flush(timeout=10)
+        """
+        return await self.flush_queue(timeout)
+
     def stats(self) -> CollectorStats:
-        """A frozen snapshot of counters and journal depth."""
+        """A frozen snapshot of counters and journal depth.
+
+        Example:
+            >>> c.stats().delivered
+        """
         cache = None if self.cache is None else self.cache.statistics()
         return snapshot(self.counters, self.journal.counts(), cache)
 
@@ -559,11 +589,19 @@ class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
         return self.monitor.snapshot()[0]
 
     def add_alert_callback(self, callback: AlertCallback) -> None:
-        """Call ``callback(alert)`` (sync or async) once per health status transition."""
+        """Call ``callback(alert)`` (sync or async) once per health status transition.
+
+        Example:
+            >>> c.add_alert_callback(lambda alert: print(alert.status, alert.reasons))
+        """
         self.monitor.add_callback(callback)
 
     def remove_alert_callback(self, callback: AlertCallback) -> None:
-        """Stop calling ``callback``; ValueError if it was never added."""
+        """Stop calling ``callback``; ValueError if it was never added.
+
+        Example:
+            >>> c.remove_alert_callback(on_alert)
+        """
         self.monitor.remove_callback(callback)
 
     def configure(self, **changes: Any) -> Config:
@@ -576,14 +614,18 @@ class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
         Example: ``c.configure(batch_size=50, **{"health.max_pending_age": 30})``
         """
         config, _ = apply_changes(self.config, changes)
-        self.config = config
+        self._config = config
         if self._consumer is not None:
             self._consumer.configure(config)
             self._consumer.wake()
         return config
 
     def reset_circuit_breaker(self) -> None:
-        """Force every breaker of the sink closed."""
+        """Force every breaker of the sink closed (deliveries resume at once).
+
+        Example:
+            >>> c.reset_circuit_breaker()
+        """
         assert self._consumer is not None
         for b in [self._consumer.breaker, *self.sink.breakers()]:
             if b is not None:

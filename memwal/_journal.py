@@ -18,6 +18,7 @@ import socket
 import sqlite3
 import threading
 import time
+import weakref
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -133,6 +134,21 @@ def owner_is_gone(owner: str) -> bool:
     return False
 
 
+# Journals of this process, so a child after fork() can make each one safe to touch.
+_journals: weakref.WeakSet[Journal] = weakref.WeakSet()
+# The parent's connections, kept referenced in a child: SQLite forbids using or closing
+# a connection carried across fork().
+_inherited: list[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    for j in list(_journals):
+        j._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Journal:
     """A memwal journal file.
 
@@ -175,6 +191,19 @@ class Journal:
         self.commits = 0
         self.large_appended = False  # a payload over LARGE_ROW was appended since the consumer last looked
         self._checkpointed_at = 0
+        _journals.add(self)
+
+    def _forget_after_fork(self) -> None:
+        """In a child after fork(): fresh locks (a parent thread may have held one at the
+        fork), the parent's connections dropped unused, and an open journal closed here."""
+        self._wlock, self._clock_c, self._rlock, self._flock = (threading.Lock() for _ in range(4))
+        self.owner = _owner()
+        conns = (self._w, self._c, self._r, self._lw, self._fc)
+        if any(c is not None for c in conns):
+            _inherited.append(conns)
+            self._w = self._c = self._r = self._lw = self._fc = None
+            self._wc = None
+            self._closed = True
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._w else "unopened"

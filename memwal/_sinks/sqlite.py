@@ -104,6 +104,22 @@ class SQLiteSink(Sink):
     def __repr__(self) -> str:
         return f"<SQLiteSink {str(self.path)!r}>"
 
+    def check_path(self) -> None:
+        """Raise JournalError naming the store when its directory does not exist.
+
+        A collector whose sink this is calls it at start. Inside a FallbackSink a
+        missing store is an outage the fallback covers, so nothing calls it there.
+
+        Example:
+            >>> SQLiteSink("/no/such/dir/memories.db").check_path()
+            Traceback (most recent call last):
+            JournalError: cannot open memory store /no/such/dir/memories.db: ...
+        """
+        if str(self.path) != ":memory:" and not self.path.parent.is_dir():
+            raise JournalError(
+                f"cannot open memory store {self.path}: the directory {self.path.parent} does not exist"
+            )
+
     async def _conn(self) -> aiosqlite.Connection:
         if self._closed:
             raise SinkUnavailable(f"SQLiteSink {self.path} is closed")
