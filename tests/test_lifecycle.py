@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from anyio import wait_all_tasks_blocked
 from helpers import fast_config
@@ -95,7 +96,7 @@ async def test_aclose_under_a_deadline_releases_closes_and_lets_the_caller_go_on
         with anyio.move_on_after(0.05) as scope:
             await c.aclose()  # waits for the batch in flight until the deadline
     assert scope.cancelled_caught
-    await anyio.sleep(0)  # the caller's next await is not cancelled
+    await anyio.lowlevel.checkpoint()  # the caller's next await is not cancelled
     await c.aclose()  # a second close returns at once
     assert not c.journal.is_open and sink.closed == 1
     assert undelivered(journal_path, [op_id]) == {op_id} and leased(journal_path) == 0
