@@ -302,8 +302,9 @@ class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
     async def _deliver_while_possible(self) -> None:
         """Lease and deliver until nothing more can be delivered now.
 
-        Stops at once when the breaker is open, delivery is left to another process
-        (``max_inflight_batches: 0``), a delivery fails (the rows back off), or no row
+        Stops at once when the breaker is open or the sink's last call failed, delivery
+        is left to another process (``max_inflight_batches: 0``), a delivery fails
+        during the close (the rows back off), or no row
         is ready (the rest back off or are leased elsewhere): close waits only for
         deliveries in flight, never for a sink that is down.
         """
@@ -313,12 +314,19 @@ class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
         while True:
             if self.counters.retried + self.counters.released != failed_before:
                 return
-            if consumer.max_inflight == 0 or consumer._breaker_wait() > 0:
+            if consumer.max_inflight == 0 or consumer._breaker_wait() > 0 or self._sink_failing():
                 return
             if not consumer._inflight and not await anyio.to_thread.run_sync(self._any_ready):
                 return
             consumer.wake(urgent=True)
             await consumer.wait_progress(self.config.journal.poll_interval * 4)
+
+    def _sink_failing(self) -> bool:
+        """The sink's last call failed (every breaker counts a failure since its last success)."""
+        consumer = self._consumer
+        assert consumer is not None
+        breakers = [consumer.breaker] if consumer.breaker is not None else list(self.sink.breakers())
+        return bool(breakers) and all(b.statistics().consecutive_failures > 0 for b in breakers)
 
     def _any_ready(self) -> bool:
         try:
