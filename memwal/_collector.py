@@ -125,6 +125,7 @@ class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
         self._stop_requested: anyio.Event | None = None
         self._done: anyio.Event | None = None
         self._scope: anyio.CancelScope | None = None
+        self._ready: _Ready | None = None  # start()'s readiness, for a second start() to wait on
         self._task: asyncio.Task[None] | None = None  # start()'s service task (the loop holds it weakly)
         self._serving = False  # run() has begun
         self._closing = False  # aclose() was called: an end of the service is no surprise
@@ -198,9 +199,11 @@ class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
             >>> await c.aclose()
         """
         if self._state in ("starting", "running", "closing"):
+            if self._ready is not None:  # started by another task: wait until it is usable
+                await self._ready.event.wait()
             return
         self._claim_start()
-        ready = _Ready()
+        self._ready = ready = _Ready()
         self._task = asyncio.get_running_loop().create_task(
             self._serve(ready), name=f"memwal collector {self.journal.path}"
         )
@@ -248,6 +251,7 @@ class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
             self._claim_start()  # from "new"; raises when closed, forked or already started
         self._serving = True
         assert self._scope is not None and self._stop_requested is not None
+        started = False
         try:
             with self._scope:
                 await self._open()
@@ -256,11 +260,14 @@ class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
                     await tg.start(self._consumer.run)
                     tg.start_soon(self.monitor.run)
                     self._state = "running"
+                    started = True
                     task_status.started()
                     await self._stop_requested.wait()
                     self._state = "closing"
                     await self._drain()
                     tg.cancel_scope.cancel()
+            if not started:  # a cancelled aclose() ended the start: the collector is closed, not broken
+                task_status.started()
         finally:
             await self._release()
 

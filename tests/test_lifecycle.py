@@ -4,6 +4,7 @@ run() as an anyio service, clear limits, and the names both collectors share."""
 from __future__ import annotations
 
 import inspect
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ import anyio.lowlevel
 import pytest
 from anyio import wait_all_tasks_blocked
 from helpers import fast_config
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import memwal
 from memwal import AsyncMemoryCollector, JournalError, MemoryCollector, SinkUnavailable, SQLiteSink
@@ -301,3 +304,79 @@ def test_sync_flush_queue_is_flush(journal_path: Path) -> None:
         assert c.flush_queue(timeout=10) == 3
     assert set(sink.memories) == set(ids)
 
+
+
+# -- interleavings -----------------------------------------------------------------
+
+
+class SteppingSink(MemorySink):
+    """Delivers after a few scheduler turns, so closes land while batches are in flight."""
+
+    def __init__(self, turns: int) -> None:
+        super().__init__()
+        self.turns = turns
+
+    async def deliver(self, ops: Sequence[Any]) -> None:
+        for _ in range(self.turns):
+            await anyio.lowlevel.checkpoint()
+        await super().deliver(ops)
+
+
+ACTIONS = st.lists(
+    st.sampled_from(["start", "collect", "collect", "collect", "close", "close_cancelled", "close_deadline", "turn"]),
+    min_size=1, max_size=25,
+)
+
+
+async def _interleave(journal: Path, actions: list[str], turns: int) -> tuple[list[str], set[str]]:
+    sink = SteppingSink(turns)
+    c = AsyncMemoryCollector(journal, sink, config=cfg(async_collection={"batch_size": 3}))
+    ids: list[str] = []
+
+    async def start() -> None:
+        try:
+            await c.start()
+        except JournalError:  # closed before this task started it
+            pass
+
+    async def close_cancelled() -> None:
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await c.aclose()
+
+    async def close_deadline() -> None:
+        with anyio.move_on_after(0.001):
+            await c.aclose()
+
+    with anyio.fail_after(30):  # nothing hangs
+        async with anyio.create_task_group() as tg:
+            for action in actions:
+                if action == "start":
+                    tg.start_soon(start)
+                elif action == "collect":
+                    try:
+                        ids.append(c.collect("qa", f"op {len(ids)}"))
+                    except JournalError:  # not started yet, or closing
+                        pass
+                elif action == "close":
+                    tg.start_soon(c.aclose)
+                elif action == "close_cancelled":
+                    tg.start_soon(close_cancelled)
+                elif action == "close_deadline":
+                    tg.start_soon(close_deadline)
+                await anyio.lowlevel.checkpoint()
+        await c.aclose()
+    assert not c.journal.is_open and c._state == "closed"
+    return ids, set(sink.memories)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(actions=ACTIONS, turns=st.integers(0, 3))
+def test_start_collect_and_closes_from_many_tasks_lose_nothing_and_never_hang(
+    tmp_path: Path, actions: list[str], turns: int
+) -> None:
+    journal = tmp_path / f"{uuid.uuid4().hex}.journal"
+    ids, delivered = anyio.run(_interleave, journal, actions, turns, backend="asyncio")
+    left = undelivered(journal, ids) if journal.exists() else set()
+    assert set(ids) <= delivered | left  # every returned id: delivered or in the journal
+    assert not journal.exists() or leased(journal) == 0
