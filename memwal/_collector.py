@@ -563,10 +563,13 @@ class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
     async def flush_queue(self, timeout: float | None = None) -> int:
         """Wait until every operation collected before the call is delivered or dead-lettered.
 
-        Returns how many were waited for: the operations collected before the call that
-        were still in the journal when it began (exact for this collector's removals;
-        another process's consumer may deliver some before the count and go uncounted).
-        On timeout raises TimeoutError; nothing is lost (the operations stay in the journal).
+        Returns how many it waited for: the operations collected before the call, by
+        any collector on the journal, that were still in the journal when it began.
+        Each has since been delivered, dead-lettered (counted too: check ``stats().dead``)
+        or stored by a fallback sink. Exact for what this collector settles while the
+        flush counts; operations another collector delivered before the count are not
+        counted, even this collector's own. On timeout raises TimeoutError; nothing is
+        lost (the operations stay in the journal).
 
         Example:
             >>> c.collect("bug", "parser fails on empty input")
