@@ -66,10 +66,10 @@ def _require_asyncio() -> None:
         ) from None
 
 
-def _warn_unclosed(collector: Any, when: str) -> None:
+def _warn_unclosed(kind: str, journal: object, when: str) -> None:
     """The ResourceWarning for a collector its application never closed."""
     warnings.warn(
-        f"{type(collector).__name__} on journal {collector.journal.path} was never closed; closed {when}"
+        f"{kind} on journal {journal} was never closed; closed {when}"
         " (operations not delivered stay in the journal)",
         ResourceWarning,
         stacklevel=2,
@@ -228,7 +228,7 @@ class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
                 # The event loop is shutting down (asyncio.run cancels what is left):
                 # run() has released the leases and closed the journal.
                 if not self._closing:
-                    _warn_unclosed(self, "at event loop shutdown")
+                    _warn_unclosed("AsyncMemoryCollector", self.journal.path, "at event loop shutdown")
             else:
                 log.error("collector for %s stopped: %r", self.journal.path, exc, exc_info=exc)
 

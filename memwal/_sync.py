@@ -73,7 +73,7 @@ def _close_at_exit() -> None:
     with _open_lock:
         left = list(_open)
     for c in left:
-        _warn_unclosed(c._async, "at interpreter exit")
+        _warn_unclosed("MemoryCollector", c._async.journal.path, "at interpreter exit")
         c._close(timeout=c.config.journal.shutdown_timeout + EXIT_MARGIN)
 
 
