@@ -1,4 +1,4 @@
-"""AsyncMemoryCollector: collect into the journal, deliver in the background, read back."""
+"""AsyncMemoryCollector: collect into the journal, deliver in the background (an anyio service), read back."""
 
 from __future__ import annotations
 
