@@ -23,6 +23,7 @@ from ._journal import Journal
 from ._reads import Reader
 from ._records import Memory, MemoryCategory, Priority, validate
 from ._sinks.base import Sink
+from ._sinks.call import require_async_deliver
 from ._stats import CollectorStats, Counters, snapshot
 
 __all__ = ["AsyncMemoryCollector"]
@@ -59,6 +60,7 @@ class AsyncMemoryCollector:
     ) -> None:
         if not isinstance(sink, Sink):
             raise TypeError(f"sink must be a memwal.Sink, got {type(sink).__name__}")
+        require_async_deliver(sink)  # before anything is written or sent
         self.config = config or Config()
         self.sink = sink
         self.journal = Journal(journal, self.config.journal)

@@ -26,8 +26,9 @@ from ._breaker import CircuitBreaker
 from ._config import AsyncCollectionConfig, Config
 from ._errors import CircuitOpen, JournalError, SinkRejected, SinkUnavailable
 from ._journal import Journal, LeasedOp, Settlement, decode_rows
-from ._retry import next_attempt_at
+from ._retry import backoff_delay, next_attempt_at
 from ._sinks.base import DeliveryReport, Sink
+from ._sinks.call import Outcome, call_sink, deliver_isolating, is_unexpected, should_bisect
 from ._stats import Counters
 from ._throttle import TokenBucket
 
@@ -242,7 +243,7 @@ class Consumer:
             async with anyio.create_task_group() as tg:
                 self.task_group = tg
                 tg.start_soon(self._housekeeping)
-                if hasattr(self.sink, "reconcile") and self.config.fallback.reconcile:
+                if self.sink.reconciles and self.config.fallback.reconcile:
                     tg.start_soon(self._reconciler)
                 task_status.started()
                 await self._lease_loop(tg)
@@ -448,64 +449,56 @@ class Consumer:
             await self._write(sql, params, removes=removed)
 
     async def _deliver_group(self, group: list[LeasedOp], parts: list[Settlement]) -> None:
+        """Deliver one category's batch, isolating poison operations, and plan each part."""
+        planned: set[int] = set()
+        try:
+            for part, outcome in await deliver_isolating(self._call, group):
+                s = plan_with(part, outcome, self.config.async_collection, self.journal.clock())
+                if s.held and not self.config.fallback.reconcile:
+                    # Nobody will re-send them: the fallback's copy is final, so acknowledge.
+                    self.counters.fallback += len(s.held)
+                    s.acked.extend(k for k, _ in s.held)
+                    s.held.clear()
+                parts.append(s)
+                planned.update(g.key for g in part)
+        except Exception as exc:  # a bug here must not strand leased rows
+            self.counters.fault("deliver", exc)
+            log.error("delivering %d operations failed unexpectedly; releasing them: %r", len(group), exc,
+                      exc_info=exc)
+            parts.append(Settlement(acked=[], retry=[], dead=[], held=[],
+                                    release=[g.key for g in group if g.key not in planned]))
+
+    async def _call(self, group: list[LeasedOp]) -> Outcome:
+        """One sink call for ``group``: rate limit, concurrency cap, timeout, breaker, counters."""
         ops = [g.op for g in group]
         delay = self.bucket.delay(len(ops))
         if delay:
             await anyio.sleep(delay)
-        started = self.clock()
-        outcome = await self._call(ops)
-        if self.batcher is not None and not isinstance(outcome, (CircuitOpen, SinkRejected)):
-            # a transient failure shrinks the batch; a rejection says nothing about its size
-            failed = isinstance(outcome, BaseException)
-            self.batch_size = self.batcher.observe(len(ops), self.clock() - started, error=failed)
-        s = plan_with(group, outcome, self.config.async_collection, self.journal.clock())
-        if s.held and not self.config.fallback.reconcile:
-            # Nobody will re-send them: the fallback's copy is final, so acknowledge.
-            self.counters.fallback += len(s.held)
-            s.acked.extend(k for k, _ in s.held)
-            s.held.clear()
-        parts.append(s)
-
-    async def _call(self, ops: list[Any]) -> DeliveryReport | BaseException | None:
-        breaker = self.breaker
-        if breaker is not None and not breaker.allow():
-            return CircuitOpen(f"{breaker.name} circuit breaker is open", retry_after=breaker.retry_in())
         timeout = self.config.performance.operation_timeout * (len(self.sink.breakers()) or 1)
         started = self.clock()
-        try:
-            async with self.limiter:
-                with anyio.fail_after(timeout):
-                    report = await self.sink.deliver(ops)
-        except SinkRejected as exc:
-            if breaker is not None:
-                breaker.record_success()
-            return exc
-        except CircuitOpen as exc:
-            return exc
-        except TimeoutError:
-            if breaker is not None:
-                breaker.record_failure()
-            return SinkUnavailable(f"{self.sink.name} timed out after {timeout:g}s; outcome unknown")
-        except SinkUnavailable as exc:
-            if breaker is not None:
-                breaker.record_failure()
-            return exc
-        except Exception as exc:
-            if breaker is not None:
-                breaker.record_failure()
-            first = type(exc) not in self._unexpected
-            self._unexpected.add(type(exc))
-            log.error("unexpected error from %s, retrying: %r", self.sink.name, exc, exc_info=exc if first else None)
-            return exc
-        self.counters.sink_call(len(ops), self.clock() - started)
-        if breaker is not None:
-            if report is not None and len(report.failed) == len(ops) and not any(
-                isinstance(e, SinkRejected) for e in report.failed.values()
-            ):
-                breaker.record_failure()
-            else:
-                breaker.record_success()
-        return report
+        async with self.limiter:
+            outcome = await call_sink(self.sink.deliver, ops, name=self.sink.name, timeout=timeout,
+                                      breaker=self.breaker)
+        elapsed = self.clock() - started
+        if outcome is None or isinstance(outcome, DeliveryReport):
+            self.counters.sink_call(len(ops), elapsed)
+        elif is_unexpected(outcome):
+            self.counters.fault("sink", outcome)
+            first = type(outcome) not in self._unexpected
+            self._unexpected.add(type(outcome))
+            log.error("unexpected error from %s delivering %d operations (%s%s): %r", self.sink.name, len(ops),
+                      ", ".join(op.id for op in ops[:3]), ", ..." if len(ops) > 3 else "", outcome,
+                      exc_info=outcome if first else None)
+        if should_bisect(outcome, len(ops)):
+            self.counters.bisections += 1
+            log.warning("batch of %d failed as a whole (%s); splitting it to isolate the cause",
+                        len(ops), _describe(outcome))  # type: ignore[arg-type]  # should_bisect: an exception
+        elif self.batcher is not None and not isinstance(outcome, CircuitOpen | SinkRejected) \
+                and not is_unexpected(outcome):
+            # a transient failure shrinks the batch; a rejection or a bug says nothing about its size
+            failed = isinstance(outcome, BaseException)
+            self.batch_size = self.batcher.observe(len(ops), elapsed, error=failed)
+        return outcome
 
     # -- background chores -------------------------------------------------------
 
@@ -527,37 +520,56 @@ class Consumer:
                 log.warning("journal housekeeping failed: %s", exc)
 
     async def _reconciler(self) -> None:
-        reconcile = self.sink.reconcile  # type: ignore[attr-defined]
+        """Send rows a fallback holds to the primary; a failed round is logged, counted and retried."""
         bucket = TokenBucket(self.config.fallback.reconcile_rate, clock=self.clock)
+        failures = 0
         while True:
-            leased = await anyio.to_thread.run_sync(self.journal.lease_held, self.batch_size)
-            if not leased:
-                await anyio.sleep(max(self.config.journal.poll_interval, 0.5))
-                continue
+            try:
+                await self._reconcile_round(bucket)
+                failures = 0
+            except Exception as exc:  # a journal hiccup must not reach the caller
+                self.counters.fault("reconciler", exc)
+                log.error("reconciliation failed, retrying with backoff: %r", exc,
+                          exc_info=exc if failures == 0 else None)
+                ac = self.config.async_collection
+                await anyio.sleep(backoff_delay(failures, max(ac.retry_delay, 0.1), ac.max_retry_delay,
+                                                lambda: 0.5 + random.random() / 2))
+                failures += 1
+
+    async def _reconcile_round(self, bucket: TokenBucket) -> None:
+        leased = await anyio.to_thread.run_sync(self.journal.lease_held, self.batch_size)
+        if not leased:
+            await anyio.sleep(max(self.config.journal.poll_interval, 0.5))
+            return
+        try:
             delay = bucket.delay(len(leased))
             if delay:
                 await anyio.sleep(delay)
-            try:
-                with anyio.fail_after(self.config.performance.operation_timeout):
-                    report = await reconcile([g.op for g in leased])
-            except Exception as exc:  # noqa: BLE001  (plan() classifies every failure)
-                outcome: DeliveryReport | BaseException | None = exc
-            else:
-                outcome = report
+            outcome = await call_sink(self.sink.reconcile, [g.op for g in leased], name=self.sink.name,
+                                      timeout=self.config.performance.operation_timeout)
+            if is_unexpected(outcome):
+                self.counters.fault("sink", outcome)  # type: ignore[arg-type]  # is_unexpected: an exception
+                log.error("unexpected error from %s reconciling %d operations: %r", self.sink.name, len(leased),
+                          outcome)
             s = plan(
                 leased, outcome, max_retries=1 << 30, retry_delay=self.config.async_collection.retry_delay,
                 max_retry_delay=self.config.async_collection.max_retry_delay, now=self.journal.clock(),
             )
-            # A primary that rejects an operation outright keeps it only in the fallback.
-            for key, reason in s.dead:
-                log.warning("reconcile: primary rejected held row %d (%s); it stays in the fallback", key, reason)
+        except BaseException:
+            # Cancelled (shutdown) or broken before settling: give the rows back now.
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(
-                    self.journal.settle_held, s.acked + [k for k, _ in s.dead], s.retry, s.release
-                )
-            for g in leased:
-                if g.key in s.acked:
-                    log.info("operation %s reconciled to the primary", g.op.id)
-            self.counters.reconciled += len(s.acked)
-            if s.release or s.retry:
-                await anyio.sleep(max(self._breaker_wait(), self.config.journal.poll_interval))
+                await anyio.to_thread.run_sync(self.journal.settle_held, [], [], [g.key for g in leased])
+            raise
+        # A primary that rejects an operation outright keeps it only in the fallback.
+        for key, reason in s.dead:
+            log.warning("reconcile: primary rejected held row %d (%s); it stays in the fallback", key, reason)
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(
+                self.journal.settle_held, s.acked + [k for k, _ in s.dead], s.retry, s.release
+            )
+        for g in leased:
+            if g.key in s.acked:
+                log.info("operation %s reconciled to the primary", g.op.id)
+        self.counters.reconciled += len(s.acked)
+        if s.release or s.retry:
+            await anyio.sleep(max(self._breaker_wait(), self.config.journal.poll_interval))
