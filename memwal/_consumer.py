@@ -313,8 +313,10 @@ class Consumer:
             began = anyio.current_time()
             try:
                 leased, bad = await self._lease(self.batch_size)
-            except JournalError as exc:  # disk trouble: keep trying, rows stay in the journal
-                log.error("cannot lease from the journal, retrying: %s", exc)
+            except Exception as exc:  # disk trouble or a bug: keep trying, rows stay in the journal
+                self.counters.fault("lease", exc)
+                log.error("cannot lease from the journal, retrying: %r", exc,
+                          exc_info=None if isinstance(exc, JournalError) else exc)
                 await self._nap(max(poll, 1.0))
                 continue
             for op_id, reason in bad:
@@ -385,10 +387,12 @@ class Consumer:
                     await self._settle(merged)
                 self.counters.settled(leased, merged, self.journal.clock())
                 self._unready += len(merged.retry)  # back in the journal, backing off
-            except JournalError as exc:
+            except Exception as exc:
                 # The rows stay leased until their lease expires, then are delivered
                 # again: at-least-once, and sinks are idempotent on the id.
-                log.error("cannot settle %d operations (%s); they will be redelivered", len(leased), exc)
+                self.counters.fault("settle", exc)
+                log.error("cannot settle %d operations (%r); they will be redelivered", len(leased), exc,
+                          exc_info=None if isinstance(exc, JournalError) else exc)
             finally:
                 self.settling -= 1
         finally:

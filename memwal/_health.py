@@ -17,6 +17,7 @@ import msgspec
 from ._config import Config
 from ._journal import Journal
 from ._schema import RANK_SHIFT, SEQ_MASK
+from ._sinks.call import own_cancellation
 from ._stats import HistogramWindow
 
 __all__ = ["Alert", "Health", "HealthMonitor", "Percentiles", "SinkHealth", "evaluate", "read_journal"]
@@ -254,6 +255,7 @@ class HealthMonitor:
         self.status: Status = "ok"
         self.alerts = 0
         self.checks = 0
+        self.callback_errors = 0
         self._callbacks: list[AlertCallback] = []
         self._history: deque[tuple[float, dict[str, float]]] = deque(maxlen=4096)
         self._history.append((clock(), self._marks()))
@@ -364,7 +366,12 @@ class HealthMonitor:
                 result = cb(alert)
                 if inspect.isawaitable(result):
                     await result
-            except Exception as exc:  # one broken callback must not silence the others
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # one broken callback must not silence the others, nor stop us
+                if isinstance(exc, anyio.get_cancelled_exc_class()) and own_cancellation():
+                    raise
+                self.callback_errors += 1
                 log.error("health alert callback %r failed: %r", cb, exc, exc_info=exc)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

@@ -37,6 +37,7 @@ __all__ = [
     "deliver_isolating",
     "halves",
     "is_unexpected",
+    "own_cancellation",
     "record",
     "require_async_deliver",
     "should_bisect",
