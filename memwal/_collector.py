@@ -14,11 +14,12 @@ import anyio.abc
 import anyio.from_thread
 
 from ._adaptive import apply_changes
+from ._breaker import CircuitBreaker
 from ._cache import QUEUE_CHECK_MASK, MemoryCache
 from ._config import Config
 from ._consumer import Consumer
 from ._errors import JournalError, QueueFull, SinkRejected
-from ._health import AlertCallback, Health, HealthMonitor
+from ._health import AlertCallback, Health, HealthInputs, HealthMonitor
 from ._journal import Journal
 from ._reads import Reader
 from ._records import Memory, MemoryCategory, Priority, validate
@@ -66,10 +67,13 @@ class AsyncMemoryCollector:
         self.journal = Journal(journal, self.config.journal)
         self.clock = clock
         self.counters = Counters(metrics=self.config.health.metrics)
-        self.monitor = HealthMonitor(self, clock=clock)
         self._consumer: Consumer | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self.cache = MemoryCache.from_config(self.config.cache, timer=clock) if self.config.cache.enabled else None
+        self.monitor = HealthMonitor(HealthInputs(
+            journal=self.journal, counters=self.counters, config=lambda: self.config, breakers=self._breakers,
+            batch_size=self._batch_size, cache=lambda: None if self.cache is None else self.cache.statistics(),
+        ), clock=clock)
         self._reader = Reader(self.journal, sink, self.cache, self.counters,
                               timeout=self.config.performance.operation_timeout)
         self._state = "new"
@@ -346,12 +350,28 @@ class AsyncMemoryCollector:
         if self._state != "running":
             raise JournalError(f"collector is {self._state}", path=str(self.journal.path))
         with anyio.fail_after(timeout):
-            return await self._flush_all()
+            n = await self._flush_all()
+            await self.monitor.refresh()  # stats() right after a flush shows the drained journal
+            return n
 
     def stats(self) -> CollectorStats:
-        """A frozen snapshot of counters and journal depth."""
+        """A frozen snapshot of counters and journal depth.
+
+        The depth comes from the monitor's last read of the journal, taken off the
+        loop (``journal_age`` says how old; ``flush_queue`` refreshes it).
+        """
         cache = None if self.cache is None else self.cache.statistics()
-        return snapshot(self.counters, self.journal.counts(), cache)
+        counts, age = self.monitor.journal_counts()
+        return snapshot(self.counters, counts, cache, journal_age=age)
+
+    def _breakers(self) -> list[CircuitBreaker]:
+        consumer = self._consumer  # None until start()
+        if consumer is not None and consumer.breaker is not None:
+            return [consumer.breaker]
+        return list(self.sink.breakers())
+
+    def _batch_size(self) -> int:
+        return self._consumer.batch_size if self._consumer is not None else self.config.async_collection.batch_size
 
     def health(self) -> Health:
         """A frozen Health snapshot: status and reasons, depth, latencies, rates, sinks.
@@ -359,7 +379,7 @@ class AsyncMemoryCollector:
         Alerts fire from the periodic check (``performance.health_check_interval``),
         not from this call. Example: ``if c.health().status != "ok": ...``
         """
-        return self.monitor.snapshot()[0]
+        return self.monitor.snapshot()[0]  # reads the kept gauges; changes nothing
 
     def add_alert_callback(self, callback: AlertCallback) -> None:
         """Call ``callback(alert)`` (sync or async) once per health status transition."""

@@ -156,6 +156,7 @@ class Consumer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = 0
         self._unexpected: set[type[BaseException]] = set()
+        self._fsyncs = journal.config.durability == "full"
 
     @staticmethod
     def _make_batcher(config: Config) -> AdaptiveBatcher | None:
@@ -412,7 +413,8 @@ class Consumer:
     # GIL for a whole batch while collect() waits for it.
 
     async def _write(self, sql: str, params: Any, *, removes: Sequence[int] = ()) -> int:
-        n = self.journal.write_now(sql, params, removes=removes)
+        # With durability full each commit fsyncs: never on the loop's thread.
+        n = None if self._fsyncs else self.journal.write_now(sql, params, removes=removes)
         if n is None:
             n = await anyio.to_thread.run_sync(functools.partial(self.journal.write_one, sql, params, removes=removes))
         return n
