@@ -21,7 +21,7 @@ from memwal import AsyncMemoryCollector, FallbackSink, JournalError, Sink, SinkR
 from memwal._breaker import CircuitBreaker
 from memwal._config import CircuitBreakerConfig
 from memwal._journal import Journal
-from memwal._records import MemoryOperation
+from memwal._records import MemoryOperation, Priority
 from memwal._sinks.base import DeliveryReport
 from memwal._sinks.call import SinkFault, call_sink, deliver_isolating, halves, should_bisect
 from memwal.testing import FlakySink, MemorySink
@@ -328,3 +328,73 @@ async def test_call_sink_lets_a_real_cancellation_through() -> None:
         tg.start_soon(run)
         await started.wait()
         tg.cancel_scope.cancel()
+
+
+def test_replay_isolates_a_poison_operation_too(journal_path: Path) -> None:
+    from memwal import _redrive as redrive
+
+    j = Journal(journal_path)
+    j.open()
+    ids = [j.append("bug", f"op {i}", {}, Priority.MEDIUM, (), None, limit=1000)[0].id for i in range(100)]
+    sink = Poisoned({ids[42]})
+    try:
+        report = anyio.run(lambda: redrive.replay(j, sink))
+        assert report.delivered == 99 and report.dead == 1 and report.failed == [ids[42]]
+        assert set(sink.memories) == set(ids) - {ids[42]}
+        assert sink.calls <= 1 + 2 * math.ceil(math.log2(100))
+    finally:
+        j.close()
+
+
+async def test_a_fallback_chain_takes_over_from_a_sink_returning_a_wrong_type() -> None:
+    primary, local = WrongType(), MemorySink()
+    sink = FallbackSink(primary, local)
+    sink.bind(cfg(), anyio.current_time)
+    report = await sink.deliver([MemoryOperation(id="a", category="bug", content="x")])
+    assert not report.failed and report.held == {"a": "MemorySink"} and "a" in local.memories
+    assert sink.breakers()[0].failures == 1
+
+
+async def test_a_failing_health_read_is_counted_and_the_collector_goes_on(
+    journal_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import memwal._health as health_mod
+
+    real, failures = health_mod.read_journal, [1]
+
+    def flaky_read(journal: Journal) -> Any:
+        if failures[0]:
+            failures[0] -= 1
+            raise JournalError("disk I/O error", path=str(journal_path))
+        return real(journal)
+
+    monkeypatch.setattr(health_mod, "read_journal", flaky_read)
+    sink = MemorySink()
+    async with AsyncMemoryCollector(journal_path, sink, config=cfg()) as c:
+        op_id = c.collect("bug", "x")
+        await wait_for(lambda: c.monitor.view is not None)  # refreshed after the failure
+        await c.flush_queue(timeout=10)
+        assert c.stats().faults["health:JournalError"] == 1
+    assert op_id in sink.memories
+
+
+async def test_with_durability_full_claims_and_acks_never_commit_on_the_loop(
+    journal_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    on_loop: list[str] = []
+    real = Journal.write_now
+
+    def spy(self: Journal, sql: str, params: Any, **kw: Any) -> Any:
+        on_loop.append(sql)
+        return real(self, sql, params, **kw)
+
+    monkeypatch.setattr(Journal, "write_now", spy)
+    sink = MemorySink()
+    async with AsyncMemoryCollector(journal_path, sink, config=cfg(journal={"durability": "full"})) as c:
+        ids = [c.collect("bug", f"x{i}") for i in range(20)]
+        await c.flush_queue(timeout=10)
+    assert set(sink.memories) == set(ids) and on_loop == []
+    async with AsyncMemoryCollector(journal_path, MemorySink(), config=cfg()) as c:
+        c.collect("bug", "normal durability")
+        await c.flush_queue(timeout=10)
+    assert on_loop  # the spy works: with durability normal the loop commits when it can
