@@ -104,7 +104,8 @@ class AsyncMemoryCollector:
             return
         await anyio.to_thread.run_sync(self.journal.open)
         self.sink.bind(self.config, self.clock)
-        self._consumer = Consumer(self.journal, self.sink, self.config, counters=self.counters, clock=self.clock)
+        self._consumer = Consumer(self.journal, self.sink, self.config, counters=self.counters, clock=self.clock,
+                                  on_fatal=self._journal_unusable)
         tg = anyio.create_task_group()
         await tg.__aenter__()
         try:
@@ -363,6 +364,11 @@ class AsyncMemoryCollector:
         cache = None if self.cache is None else self.cache.statistics()
         counts, age = self.monitor.journal_counts()
         return snapshot(self.counters, counts, cache, journal_age=age)
+
+    def _journal_unusable(self, exc: JournalError) -> None:
+        # collect() raises JournalError("collector is stopped, journal unusable: ...") from now on.
+        if self._state == "running":
+            self._state = f"stopped, {exc}"
 
     def _breakers(self) -> list[CircuitBreaker]:
         consumer = self._consumer  # None until start()

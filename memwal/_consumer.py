@@ -11,6 +11,7 @@ import functools
 import logging
 import math
 import random
+import sqlite3
 import threading
 import time
 from collections import defaultdict
@@ -102,6 +103,25 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
+# SQLite's primary result codes that no retry can cure: the file is damaged or not a database.
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+
+
+def journal_unusable(exc: BaseException) -> str | None:
+    """Why the journal cannot be used any more, or None when ``exc`` may pass (no I/O).
+
+    Unusable: SQLite says the file is corrupt or not a database, or memwal's tables are
+    gone. Locks, a full disk, I/O hiccups and a closing journal may pass: retried.
+    """
+    cause = exc.__cause__ if isinstance(exc, JournalError) else exc
+    if not isinstance(cause, sqlite3.DatabaseError):
+        return None
+    code = (getattr(cause, "sqlite_errorcode", 0) or 0) & 0xFF
+    if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "no such table" in str(cause):
+        return str(cause)
+    return None
+
+
 def group_by_category(leased: Sequence[LeasedOp], size: int) -> list[list[LeasedOp]]:
     """Batches of at most ``size`` operations of one category, in lease order."""
     by_cat: dict[str, list[LeasedOp]] = defaultdict(list)
@@ -121,8 +141,11 @@ class Consumer:
         *,
         counters: Counters,
         clock: Callable[[], float] = time.monotonic,
+        on_fatal: Callable[[JournalError], None] | None = None,
     ) -> None:
         self.journal = journal
+        self.on_fatal = on_fatal  # told once when the journal is unusable for good
+        self.fatal: JournalError | None = None
         self.sink = sink
         self.config = config
         self.counters = counters
@@ -267,6 +290,16 @@ class Consumer:
             self.task_group.cancel_scope.cancel()
             await self._idle.wait()
 
+    def _journal_failed(self, exc: BaseException) -> None:
+        """Stop the collector's collects (``on_fatal``) when ``exc`` says the journal is unusable for good."""
+        reason = journal_unusable(exc)
+        if reason is None or self.fatal is not None:
+            return
+        self.fatal = JournalError(f"journal unusable: {reason}")
+        log.critical("%s (journal %s); the collector stops, the rows stay in the file", self.fatal, self.journal.path)
+        if self.on_fatal is not None:
+            self.on_fatal(self.fatal)
+
     def _batch_waits(self) -> bool:
         """A whole batch is ready to lease, or the journal is at its bound (collects wait for room).
 
@@ -286,6 +319,9 @@ class Consumer:
     async def _lease_loop(self, tg: anyio.abc.TaskGroup) -> None:
         poll = self.config.journal.poll_interval
         while not self._stopping:
+            if self.fatal is not None:  # the journal is unusable: lease nothing until closed
+                await self._nap(poll)
+                continue
             if self._inflight >= self.max_inflight:  # 0: another process delivers
                 await self.wait_progress(poll)
                 continue
@@ -316,6 +352,7 @@ class Consumer:
                 leased, bad = await self._lease(self.batch_size)
             except Exception as exc:  # disk trouble or a bug: keep trying, rows stay in the journal
                 self.counters.fault("lease", exc)
+                self._journal_failed(exc)
                 log.error("cannot lease from the journal, retrying: %r", exc,
                           exc_info=None if isinstance(exc, JournalError) else exc)
                 await self._nap(max(poll, 1.0))

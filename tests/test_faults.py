@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from helpers import FAST, fast_config, wait_for
 from memwal import AsyncMemoryCollector, FallbackSink, JournalError, Sink, SinkRejected, SinkUnavailable
 from memwal._breaker import CircuitBreaker
 from memwal._config import CircuitBreakerConfig
+from memwal._consumer import journal_unusable
 from memwal._journal import Journal
 from memwal._records import MemoryOperation, Priority
 from memwal._sinks.base import DeliveryReport
@@ -398,3 +400,52 @@ async def test_with_durability_full_claims_and_acks_never_commit_on_the_loop(
         c.collect("bug", "normal durability")
         await c.flush_queue(timeout=10)
     assert on_loop  # the spy works: with durability normal the loop commits when it can
+
+
+def real_sqlite_error(tmp_path: Path, content: bytes) -> sqlite3.DatabaseError:
+    path = tmp_path / "not-a-journal"
+    path.write_bytes(content)
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("SELECT * FROM sqlite_master").fetchall()
+    except sqlite3.DatabaseError as exc:
+        return exc
+    finally:
+        conn.close()
+    raise AssertionError("sqlite read the garbage")
+
+
+def test_only_a_damaged_journal_counts_as_unusable(tmp_path: Path) -> None:
+    notadb = real_sqlite_error(tmp_path, b"this is not a database at all" * 100)
+    wrapped = JournalError(f"cannot read: {notadb}", path="j")
+    wrapped.__cause__ = notadb
+    assert journal_unusable(wrapped) == str(notadb)
+    locked = sqlite3.OperationalError("database is locked")
+    locked.sqlite_errorcode = 5  # type: ignore[attr-defined]
+    busy = JournalError("cannot write: database is locked", path="j")
+    busy.__cause__ = locked
+    assert journal_unusable(busy) is None
+    assert journal_unusable(JournalError("journal is closed", path="j")) is None
+    assert journal_unusable(KeyError("k")) is None
+
+
+async def test_an_unusable_journal_stops_the_collector_and_collect_says_why(
+    journal_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notadb = real_sqlite_error(tmp_path, b"garbage" * 1000)
+    sink = MemorySink()
+    async with AsyncMemoryCollector(journal_path, sink, config=cfg()) as c:
+        consumer = c._consumer
+        assert consumer is not None
+
+        async def broken_lease(n: int) -> Any:
+            raise JournalError(f"cannot read: {notadb}", path=str(journal_path)) from notadb
+
+        monkeypatch.setattr(consumer, "_lease", broken_lease)
+        kept = c.collect("bug", "collected before the journal broke")
+        await wait_for(lambda: consumer.fatal is not None)
+        with pytest.raises(JournalError, match=r"collector is stopped, journal unusable: file is not a database"):
+            c.collect("bug", "after")
+        assert c.stats().faults["lease:JournalError"] >= 1
+        monkeypatch.undo()
+    assert kept not in sink.memories and journal_rows(journal_path) == (1, 0, 0)  # it stays in the file
