@@ -495,7 +495,10 @@ class Consumer:
         """Deliver one category's batch, isolating poison operations, and plan each part."""
         planned: set[int] = set()
         try:
-            for part, outcome in await deliver_isolating(self._call, group):
+            # Bisection stays well inside the lease, so no other consumer takes the rows over.
+            until = anyio.current_time() + self.journal.config.lease_seconds / 2
+            parts_out = await deliver_isolating(self._call, group, time_left=lambda: until - anyio.current_time())
+            for part, outcome in parts_out:
                 s = plan_with(part, outcome, self.config.async_collection, self.journal.clock())
                 if s.held and not self.config.fallback.reconcile:
                     # Nobody will re-send them: the fallback's copy is final, so acknowledge.

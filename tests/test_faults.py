@@ -449,3 +449,16 @@ async def test_an_unusable_journal_stops_the_collector_and_collect_says_why(
         assert c.stats().faults["lease:JournalError"] >= 1
         monkeypatch.undo()
     assert kept not in sink.memories and journal_rows(journal_path) == (1, 0, 0)  # it stays in the file
+
+
+async def test_bisection_stops_when_the_lease_runs_out() -> None:
+    left = [3.0]
+
+    async def call(part: list[int]) -> Any:
+        left[0] -= 1  # each call takes a second of the lease
+        return SinkRejected("no") if 0 in part else None
+
+    parts = await deliver_isolating(call, list(range(16)), time_left=lambda: left[0])
+    assert [x for p, _ in parts for x in p] == list(range(16))
+    untried = [p for p, o in parts if isinstance(o, SinkUnavailable) and "lease ran out" in str(o)]
+    assert untried and left[0] <= 0

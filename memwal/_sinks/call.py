@@ -173,19 +173,26 @@ def halves(items: Sequence[T]) -> tuple[list[T], list[T]]:
 
 
 async def deliver_isolating(
-    call: Callable[[list[T]], Awaitable[Outcome]], items: list[T]
+    call: Callable[[list[T]], Awaitable[Outcome]],
+    items: list[T],
+    *,
+    time_left: Callable[[], float] = lambda: math.inf,
 ) -> list[tuple[list[T], Outcome]]:
     """Deliver ``items`` through ``call``, bisecting failed batches; each part with its outcome.
 
     When a failed batch's first half succeeds, the second half must hold the failure,
     so it is split without being called whole: one bad operation in n costs between
-    log2(n) + 1 and 2 log2(n) + 1 calls. The parts come back in order and cover
-    ``items`` exactly once.
+    log2(n) and 2 log2(n) extra calls. The parts come back in order and cover
+    ``items`` exactly once. Once ``time_left()`` (the lease) runs out, parts not yet
+    tried come back as SinkUnavailable: retried later, their lease is not overrun.
     """
     out: list[tuple[list[T], Outcome]] = []
 
     async def go(part: list[T], known_bad: Outcome | None) -> bool:
         """Deliver ``part``; True when some of it failed."""
+        if out and time_left() <= 0:
+            out.append((part, SinkUnavailable("not tried: the lease ran out while isolating a failing operation")))
+            return True
         outcome = known_bad if known_bad is not None and len(part) > 1 else await call(part)
         if not should_bisect(outcome, len(part)):
             out.append((part, outcome))
