@@ -401,8 +401,9 @@ class Consumer:
         self._checkpointing = True
         try:
             await anyio.to_thread.run_sync(functools.partial(self.journal.maybe_checkpoint, idle=idle))
-        except JournalError as exc:
-            log.warning("journal checkpoint failed: %s", exc)
+        except Exception as exc:  # noqa: BLE001  (a failed checkpoint must not reach the caller; the next retries)
+            self.counters.fault("checkpoint", exc)
+            log.warning("journal checkpoint failed: %r", exc)
         finally:
             self._checkpointing = False
 
@@ -563,6 +564,7 @@ class Consumer:
                 if self.config.journal.retention_seconds > 0 and tick % 10 == 0:
                     await anyio.to_thread.run_sync(self.journal.purge_done)
             except Exception as exc:  # noqa: BLE001  (a chore failing must not stop delivery)
+                self.counters.fault("housekeeping", exc)
                 log.warning("journal housekeeping failed: %s", exc)
 
     async def _reconciler(self) -> None:

@@ -462,3 +462,22 @@ async def test_bisection_stops_when_the_lease_runs_out() -> None:
     assert [x for p, _ in parts for x in p] == list(range(16))
     untried = [p for p, o in parts if isinstance(o, SinkUnavailable) and "lease ran out" in str(o)]
     assert untried and left[0] <= 0
+
+
+async def test_a_failing_checkpoint_is_counted_and_never_reaches_the_caller(
+    journal_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kw: Any) -> None:
+        raise RuntimeError("checkpoint bug")
+
+    sink = MemorySink()
+    async with AsyncMemoryCollector(journal_path, sink, config=cfg()) as c:
+        monkeypatch.setattr(c.journal, "maybe_checkpoint", broken)
+        consumer = c._consumer
+        assert consumer is not None
+        await consumer._checkpoint(True)
+        op_id = c.collect("bug", "x")
+        await c.flush_queue(timeout=10)
+        assert c.stats().faults["checkpoint:RuntimeError"] >= 1
+        monkeypatch.undo()
+    assert op_id in sink.memories
