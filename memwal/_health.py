@@ -104,6 +104,10 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     memory_bytes: int | None
     #: Seconds since the journal's gauges (depth, oldest age, sizes) were read, off the loop.
     journal_age: float = 0.0
+    #: Faults the collector kept to itself, by place and exception type ("sink:KeyError").
+    faults: dict[str, int] = msgspec.field(default_factory=dict)
+    #: Failed batches split in halves to isolate the operations at fault.
+    bisections: int = 0
 
 
 class Alert(msgspec.Struct, frozen=True, kw_only=True):
@@ -382,7 +386,7 @@ class HealthMonitor:
             batch_sizes=_percentiles(c.batch_sizes.since(int(base.get("batch_n", 0)))),
             sinks=sinks, cache_hit_rate=None if cache is None else cache.hit_rate,
             journal_bytes=view.journal_bytes, wal_bytes=view.wal_bytes, memory_bytes=memory_bytes(),
-            journal_age=age,
+            journal_age=age, faults=dict(c.faults), bisections=c.bisections,
         )
         dead_in_window = int(delta["dead"])
         status, reasons = evaluate(health, config, dead_in_window=dead_in_window)
