@@ -14,7 +14,7 @@ import anyio.abc
 import anyio.from_thread
 
 from ._adaptive import apply_changes
-from ._breaker import CircuitBreaker
+from ._breaker import CircuitBreaker, breakers_of
 from ._cache import QUEUE_CHECK_MASK, MemoryCache
 from ._config import Config
 from ._consumer import Consumer
@@ -371,10 +371,8 @@ class AsyncMemoryCollector:
             self._state = f"stopped, {exc}"
 
     def _breakers(self) -> list[CircuitBreaker]:
-        consumer = self._consumer  # None until start()
-        if consumer is not None and consumer.breaker is not None:
-            return [consumer.breaker]
-        return list(self.sink.breakers())
+        # None until start(): then the sink's own breakers, if it keeps any
+        return breakers_of(None if self._consumer is None else self._consumer.breaker, self.sink)
 
     def _batch_size(self) -> int:
         return self._consumer.batch_size if self._consumer is not None else self.config.async_collection.batch_size
@@ -414,8 +412,7 @@ class AsyncMemoryCollector:
     def reset_circuit_breaker(self) -> None:
         """Force every breaker of the sink closed."""
         assert self._consumer is not None
-        for b in [self._consumer.breaker, *self.sink.breakers()]:
-            if b is not None:
-                b.reset()
+        for b in self._consumer.breakers():
+            b.reset()
         self._consumer.wake()
 

@@ -23,7 +23,7 @@ import anyio.abc
 import anyio.lowlevel
 
 from ._adaptive import AdaptiveBatcher
-from ._breaker import CircuitBreaker
+from ._breaker import CircuitBreaker, breaker_for, breakers_of, retry_in
 from ._config import AsyncCollectionConfig, Config
 from ._errors import CircuitOpen, JournalError, SinkRejected, SinkUnavailable
 from ._journal import Journal, LeasedOp, Settlement, decode_rows
@@ -150,11 +150,7 @@ class Consumer:
         self.config = config
         self.counters = counters
         self.clock = clock
-        self.breaker: CircuitBreaker | None = None
-        if not sink.manages_breakers:
-            self.breaker = CircuitBreaker(
-                sink.name, config.circuit_breaker, clock=clock, on_change=counters.breaker_changed
-            )
+        self.breaker = breaker_for(sink, config.circuit_breaker, clock=clock, on_change=counters.breaker_changed)
         self.batch_size = config.async_collection.batch_size
         self.batcher = self._make_batcher(config)
         self.limiter = anyio.CapacityLimiter(config.performance.max_concurrent_ops)
@@ -310,11 +306,12 @@ class Consumer:
         return (depth - self._inflight_ops - self._unready >= self.batch_size
                 or depth >= self.config.async_collection.max_queue_size)
 
+    def breakers(self) -> list[CircuitBreaker]:
+        """Every breaker guarding this consumer's deliveries."""
+        return breakers_of(self.breaker, self.sink)
+
     def _breaker_wait(self) -> float:
-        if self.breaker is not None:
-            return self.breaker.retry_in()
-        waits = [b.retry_in() for b in self.sink.breakers()]
-        return min(waits) if waits else 0.0
+        return retry_in(self.breakers())
 
     async def _lease_loop(self, tg: anyio.abc.TaskGroup) -> None:
         poll = self.config.journal.poll_interval

@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import msgspec
 
-from ._breaker import CircuitBreaker
+from ._breaker import breaker_for
 from ._config import Config
 from ._consumer import group_by_category, plan_with
 from ._errors import ConfigError
@@ -235,9 +235,7 @@ class _Run:
         self.journal, self.sink, self.config = journal, sink, config
         self.sleep, self.progress = sleep, progress
         self.bucket = TokenBucket(rate, clock=clock)
-        self.breaker = (
-            None if sink.manages_breakers else CircuitBreaker(sink.name, config.circuit_breaker, clock=clock)
-        )
+        self.breaker = breaker_for(sink, config.circuit_breaker, clock=clock)
         # Keep a lease's rate-limit wait well inside the lease, so no consumer takes it over.
         lease = journal.config.lease_seconds
         self.lease_n = batch_size if rate is None else max(1, min(batch_size, int(rate * lease / 4)))
