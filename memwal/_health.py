@@ -427,7 +427,7 @@ class HealthMonitor:
     def refresh_interval(self) -> float:
         """How often ``run()`` re-reads the journal's gauges: often enough for stats(), cheap."""
         config = self.inputs.config()
-        return min(config.performance.health_check_interval, max(0.1, min(1.0, config.journal.poll_interval * 10)))
+        return min(config.performance.health_check_interval, max(0.1, min(1.0, config.journal.poll_interval * 20)))
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Refresh the gauges every ``refresh_interval()``, check every ``health_check_interval``, until ``stop()``."""
