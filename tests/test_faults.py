@@ -17,6 +17,8 @@ from typing import Any
 import anyio
 import pytest
 from helpers import FAST, fast_config, wait_for
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from memwal import AsyncMemoryCollector, FallbackSink, JournalError, Sink, SinkRejected, SinkUnavailable
 from memwal._breaker import CircuitBreaker
@@ -481,3 +483,25 @@ async def test_a_failing_checkpoint_is_counted_and_never_reaches_the_caller(
         assert c.stats().faults["checkpoint:RuntimeError"] >= 1
         monkeypatch.undo()
     assert op_id in sink.memories
+
+
+@given(n=st.integers(1, 200), data=st.data())
+@settings(max_examples=60, deadline=None)
+def test_bisection_delivers_every_good_item_once_and_isolates_every_bad_one(n: int, data: st.DataObject) -> None:
+    bad = set(data.draw(st.sets(st.integers(0, n - 1), max_size=min(n, 8))))
+    unexpected = data.draw(st.booleans())
+    calls = 0
+
+    async def call(part: list[int]) -> Any:
+        nonlocal calls
+        calls += 1
+        if bad & set(part):
+            return KeyError("k") if unexpected else SinkRejected("no")
+        return None
+
+    parts = anyio.run(deliver_isolating, call, list(range(n)))
+    assert [x for p, _ in parts for x in p] == list(range(n))  # each item in exactly one part, in order
+    assert {x for p, o in parts if o is None for x in p} == set(range(n)) - bad
+    assert sorted(x for p, o in parts if o is not None for x in p) == sorted(bad)
+    assert all(len(p) == 1 for p, o in parts if o is not None)  # failures stand alone
+    assert calls <= 1 + len(bad) * 2 * max(1, math.ceil(math.log2(n)))
