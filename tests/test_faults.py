@@ -285,11 +285,10 @@ async def test_bisection_isolates_any_single_poison_within_the_call_bound(n: int
             return SinkRejected("no") if bad in part else None
 
         parts = await deliver_isolating(call, list(range(n)))
-        assert [x for p, _ in parts for x in p] == list(range(n))  # every item once, in order
+        assert sorted(x for p, _ in parts for x in p) == list(range(n))  # every item once
         assert [p for p, o in parts if o is not None] == [[bad]]
         worst, best = max(worst, calls - 1), min(best or n, calls - 1)
-    log2 = math.ceil(math.log2(n))
-    assert worst <= 2 * log2 and best <= log2 + 1
+    assert worst <= math.ceil(math.log2(n)) + 1
 
 
 # -- 17: one sink-call function ---------------------------------------------------------
@@ -461,7 +460,7 @@ async def test_bisection_stops_when_the_lease_runs_out() -> None:
         return SinkRejected("no") if 0 in part else None
 
     parts = await deliver_isolating(call, list(range(16)), time_left=lambda: left[0])
-    assert [x for p, _ in parts for x in p] == list(range(16))
+    assert sorted(x for p, _ in parts for x in p) == list(range(16))
     untried = [p for p, o in parts if isinstance(o, SinkUnavailable) and "lease ran out" in str(o)]
     assert untried and left[0] <= 0
 
@@ -500,8 +499,8 @@ def test_bisection_delivers_every_good_item_once_and_isolates_every_bad_one(n: i
         return None
 
     parts = anyio.run(deliver_isolating, call, list(range(n)))
-    assert [x for p, _ in parts for x in p] == list(range(n))  # each item in exactly one part, in order
+    assert sorted(x for p, _ in parts for x in p) == list(range(n))  # each item in exactly one part
     assert {x for p, o in parts if o is None for x in p} == set(range(n)) - bad
     assert sorted(x for p, o in parts if o is not None for x in p) == sorted(bad)
     assert all(len(p) == 1 for p, o in parts if o is not None)  # failures stand alone
-    assert calls <= 1 + len(bad) * 2 * max(1, math.ceil(math.log2(n)))
+    assert calls <= 1 + len(bad) * (math.ceil(math.log2(n)) + 1)  # log2(n) + 1 more per bad item

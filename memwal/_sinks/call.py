@@ -180,28 +180,51 @@ async def deliver_isolating(
 ) -> list[tuple[list[T], Outcome]]:
     """Deliver ``items`` through ``call``, bisecting failed batches; each part with its outcome.
 
-    When a failed batch's first half succeeds, the second half must hold the failure,
-    so it is split without being called whole: one bad operation in n costs between
-    log2(n) and 2 log2(n) extra calls. The parts come back in order and cover
-    ``items`` exactly once. Once ``time_left()`` (the lease) runs out, parts not yet
-    tried come back as SinkUnavailable: retried later, their lease is not overrun.
+    A batch that fails as a whole is searched in halves for one failing operation: a
+    half that fails is searched further, the other is set aside; a half that succeeds
+    points to the other. The halves set aside are then delivered together, in one call
+    (searched again if that fails too). One bad operation in n costs ceil(log2(n)) + 1
+    extra calls. The parts cover ``items`` exactly once, not in order. Once
+    ``time_left()`` (the lease) runs out, parts not yet tried come back as
+    SinkUnavailable: retried later, their lease is not overrun.
     """
     out: list[tuple[list[T], Outcome]] = []
-
-    async def go(part: list[T], known_bad: Outcome | None) -> bool:
-        """Deliver ``part``; True when some of it failed."""
+    todo = list(items)
+    while todo:
         if out and time_left() <= 0:
-            out.append((part, SinkUnavailable("not tried: the lease ran out while isolating a failing operation")))
-            return True
-        outcome = known_bad if known_bad is not None and len(part) > 1 else await call(part)
-        if not should_bisect(outcome, len(part)):
-            out.append((part, outcome))
-            return outcome is not None and (isinstance(outcome, BaseException) or bool(outcome.failed))
-        first, second = halves(part)
-        first_failed = await go(first, None)
-        # The whole failed and its first half did not: the second half holds the fault.
-        await go(second, None if first_failed else outcome)
-        return True
-
-    await go(items, None)
+            out.append((todo, _not_tried()))
+            break
+        outcome = await call(todo)
+        if not should_bisect(outcome, len(todo)):
+            out.append((todo, outcome))
+            break
+        part, aside = todo, []
+        while part:
+            if len(part) == 1:  # known to fail: it is the isolated operation
+                out.append((part, outcome))
+                break
+            if time_left() <= 0:
+                out.append((part, _not_tried()))
+                break
+            first, second = halves(part)
+            o = await call(first)
+            if should_bisect(o, len(first)):
+                part, outcome = first, o
+                aside += second
+            elif _failed(o):  # first holds a failure it reports or cannot split: second is unknown
+                out.append((first, o))
+                aside += second
+                break
+            else:  # the whole failed and its first half did not: the second half holds the fault
+                out.append((first, o))
+                part = second
+        todo = aside
     return out
+
+
+def _failed(outcome: Outcome) -> bool:
+    return outcome is not None and (isinstance(outcome, BaseException) or bool(outcome.failed))
+
+
+def _not_tried() -> SinkUnavailable:
+    return SinkUnavailable("not tried: the lease ran out while isolating a failing operation")
