@@ -11,13 +11,14 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import msgspec
 
 from ._config import CircuitBreakerConfig
 
-__all__ = ["BreakerState", "BreakerStats", "CircuitBreaker"]
+__all__ = ["BreakerState", "BreakerStats", "CircuitBreaker", "breaker_for", "breakers_of", "retry_in"]
 
 log = logging.getLogger("memwal")
 
@@ -149,3 +150,38 @@ class CircuitBreaker:
             opened=self.opened,
             retry_at=self._opened_at + self.config.recovery_timeout if self.state is BreakerState.OPEN else None,
         )
+
+
+# -- who owns which breaker (the one rule for the consumer, replay, health and reset) --------
+
+
+class _BreakerOwner(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    manages_breakers: bool
+
+    def breakers(self) -> Sequence[CircuitBreaker]: ...
+
+
+def breaker_for(
+    sink: _BreakerOwner,
+    config: CircuitBreakerConfig,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    on_change: Callable[[str, BreakerState, BreakerState], None] | None = None,
+) -> CircuitBreaker | None:
+    """The breaker a caller keeps in front of ``sink``: None when the sink keeps its own (FallbackSink)."""
+    if sink.manages_breakers:
+        return None
+    return CircuitBreaker(sink.name, config, clock=clock, on_change=on_change)
+
+
+def breakers_of(own: CircuitBreaker | None, sink: _BreakerOwner) -> list[CircuitBreaker]:
+    """Every breaker guarding deliveries to ``sink``: the caller's own, else the sink's."""
+    return [own] if own is not None else list(sink.breakers())
+
+
+def retry_in(breakers: Sequence[CircuitBreaker]) -> float:
+    """Seconds until one of ``breakers`` lets a call through (0 when one would now, or none exist)."""
+    return min((b.retry_in() for b in breakers), default=0.0)

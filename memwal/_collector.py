@@ -17,15 +17,17 @@ import anyio.abc
 import anyio.from_thread
 
 from ._adaptive import apply_changes
+from ._breaker import CircuitBreaker, breakers_of
 from ._cache import QUEUE_CHECK_MASK, MemoryCache
 from ._config import Config
 from ._consumer import Consumer
 from ._errors import JournalError, QueueFull, SinkRejected
-from ._health import AlertCallback, Health, HealthMonitor
+from ._health import AlertCallback, Health, HealthInputs, HealthMonitor
 from ._journal import Journal
 from ._reads import Reader
 from ._records import Memory, MemoryCategory, Priority, validate
 from ._sinks.base import Sink
+from ._sinks.call import require_async_deliver
 from ._sinks.sqlite import SQLiteSink
 from ._stats import CollectorStats, Counters, snapshot
 from ._vocab import CollectHelpers
@@ -114,12 +116,12 @@ class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
     ) -> None:
         if not isinstance(sink, Sink):
             raise TypeError(f"sink must be a memwal.Sink, got {type(sink).__name__}")
+        require_async_deliver(sink)  # before anything is written or sent
         self._config = config or Config()
         self.sink = sink
         self.journal = Journal(journal, self.config.journal)
         self.clock = clock
         self.counters = Counters(metrics=self.config.health.metrics)
-        self.monitor = HealthMonitor(self, clock=clock)
         self._consumer: Consumer | None = None
         # The service's events and scope, made by start()/run() (anyio needs a running loop)
         self._stop_requested: anyio.Event | None = None
@@ -131,6 +133,10 @@ class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
         self._closing = False  # aclose() was called: an end of the service is no surprise
         _live.add(self)
         self.cache = MemoryCache.from_config(self.config.cache, timer=clock) if self.config.cache.enabled else None
+        self.monitor = HealthMonitor(HealthInputs(
+            journal=self.journal, counters=self.counters, config=lambda: self.config, breakers=self._breakers,
+            batch_size=self._batch_size, cache=lambda: None if self.cache is None else self.cache.statistics(),
+        ), clock=clock)
         self._reader = Reader(self.journal, sink, self.cache, self.counters,
                               timeout=self.config.performance.operation_timeout)
         self._state = "new"
@@ -176,6 +182,8 @@ class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
             raise JournalError("collector is closed", path=str(self.journal.path))
         if self._state == FORKED:
             raise JournalError(f"collector is {FORKED}", path=str(self.journal.path))
+        if self._state.startswith("stopped"):
+            raise JournalError(f"collector is {self._state}", path=str(self.journal.path))
         if self._state != "new":
             raise RuntimeError(f"collector for {self.journal.path} is already started")
         _require_asyncio()
@@ -280,7 +288,8 @@ class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
         except BaseException:
             await anyio.to_thread.run_sync(self.journal.close)
             raise
-        self._consumer = Consumer(self.journal, self.sink, self.config, counters=self.counters, clock=self.clock)
+        self._consumer = Consumer(self.journal, self.sink, self.config, counters=self.counters, clock=self.clock,
+                                  on_fatal=self._journal_unusable)
 
     async def _release(self) -> None:
         """Close the sink and the journal, shielded and bounded (the consumer released its leases)."""
@@ -330,9 +339,7 @@ class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
 
     def _sink_failing(self) -> bool:
         """The sink's last call failed (every breaker counts a failure since its last success)."""
-        consumer = self._consumer
-        assert consumer is not None
-        breakers = [consumer.breaker] if consumer.breaker is not None else list(self.sink.breakers())
+        breakers = self._breakers()
         return bool(breakers) and all(b.statistics().consecutive_failures > 0 for b in breakers)
 
     def _any_ready(self) -> bool:
@@ -579,7 +586,9 @@ class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
         if self._state != "running":
             raise JournalError(f"collector is {self._state}", path=str(self.journal.path))
         with anyio.fail_after(timeout):
-            return await self._flush_all()
+            n = await self._flush_all()
+            await self.monitor.refresh()  # stats() right after a flush shows the drained journal
+            return n
 
     async def flush(self, timeout: float | None = None) -> int:
         """The same as ``flush_queue`` (the name MemoryCollector uses).
@@ -592,11 +601,27 @@ class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
     def stats(self) -> CollectorStats:
         """A frozen snapshot of counters and journal depth.
 
+        The depth comes from the monitor's last read of the journal, taken off the
+        loop (``journal_age`` says how old; ``flush_queue`` refreshes it).
+
         Example:
             >>> c.stats().delivered
         """
         cache = None if self.cache is None else self.cache.statistics()
-        return snapshot(self.counters, self.journal.counts(), cache)
+        counts, age = self.monitor.journal_counts()
+        return snapshot(self.counters, counts, cache, journal_age=age)
+
+    def _journal_unusable(self, exc: JournalError) -> None:
+        # collect() raises JournalError("collector is stopped, journal unusable: ...") from now on.
+        if self._state == "running":
+            self._state = f"stopped, {exc}"
+
+    def _breakers(self) -> list[CircuitBreaker]:
+        # None until start(): then the sink's own breakers, if it keeps any
+        return breakers_of(None if self._consumer is None else self._consumer.breaker, self.sink)
+
+    def _batch_size(self) -> int:
+        return self._consumer.batch_size if self._consumer is not None else self.config.async_collection.batch_size
 
     def health(self) -> Health:
         """A frozen Health snapshot: status and reasons, depth, latencies, rates, sinks.
@@ -604,7 +629,7 @@ class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
         Alerts fire from the periodic check (``performance.health_check_interval``),
         not from this call. Example: ``if c.health().status != "ok": ...``
         """
-        return self.monitor.snapshot()[0]
+        return self.monitor.snapshot()[0]  # reads the kept gauges; changes nothing
 
     def add_alert_callback(self, callback: AlertCallback) -> None:
         """Call ``callback(alert)`` (sync or async) once per health status transition.
@@ -645,8 +670,7 @@ class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
             >>> c.reset_circuit_breaker()
         """
         assert self._consumer is not None
-        for b in [self._consumer.breaker, *self.sink.breakers()]:
-            if b is not None:
-                b.reset()
+        for b in self._consumer.breakers():
+            b.reset()
         self._consumer.wake()
 

@@ -11,6 +11,7 @@ import functools
 import logging
 import math
 import random
+import sqlite3
 import threading
 import time
 from collections import defaultdict
@@ -22,12 +23,13 @@ import anyio.abc
 import anyio.lowlevel
 
 from ._adaptive import AdaptiveBatcher
-from ._breaker import CircuitBreaker
+from ._breaker import CircuitBreaker, breaker_for, breakers_of, retry_in
 from ._config import AsyncCollectionConfig, Config
 from ._errors import CircuitOpen, JournalError, SinkRejected, SinkUnavailable
 from ._journal import Journal, LeasedOp, Settlement, decode_rows
-from ._retry import next_attempt_at
+from ._retry import backoff_delay, next_attempt_at
 from ._sinks.base import DeliveryReport, Sink
+from ._sinks.call import Outcome, call_sink, deliver_isolating, is_unexpected, should_bisect
 from ._stats import Counters
 from ._throttle import TokenBucket
 
@@ -101,6 +103,25 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
+# SQLite's primary result codes that no retry can cure: the file is damaged or not a database.
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+
+
+def journal_unusable(exc: BaseException) -> str | None:
+    """Why the journal cannot be used any more, or None when ``exc`` may pass (no I/O).
+
+    Unusable: SQLite says the file is corrupt or not a database, or memwal's tables are
+    gone. Locks, a full disk, I/O hiccups and a closing journal may pass: retried.
+    """
+    cause = exc.__cause__ if isinstance(exc, JournalError) else exc
+    if not isinstance(cause, sqlite3.DatabaseError):
+        return None
+    code = (getattr(cause, "sqlite_errorcode", 0) or 0) & 0xFF
+    if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "no such table" in str(cause):
+        return str(cause)
+    return None
+
+
 def group_by_category(leased: Sequence[LeasedOp], size: int) -> list[list[LeasedOp]]:
     """Batches of at most ``size`` operations of one category, in lease order."""
     by_cat: dict[str, list[LeasedOp]] = defaultdict(list)
@@ -120,17 +141,16 @@ class Consumer:
         *,
         counters: Counters,
         clock: Callable[[], float] = time.monotonic,
+        on_fatal: Callable[[JournalError], None] | None = None,
     ) -> None:
         self.journal = journal
+        self.on_fatal = on_fatal  # told once when the journal is unusable for good
+        self.fatal: JournalError | None = None
         self.sink = sink
         self.config = config
         self.counters = counters
         self.clock = clock
-        self.breaker: CircuitBreaker | None = None
-        if not sink.manages_breakers:
-            self.breaker = CircuitBreaker(
-                sink.name, config.circuit_breaker, clock=clock, on_change=counters.breaker_changed
-            )
+        self.breaker = breaker_for(sink, config.circuit_breaker, clock=clock, on_change=counters.breaker_changed)
         self.batch_size = config.async_collection.batch_size
         self.batcher = self._make_batcher(config)
         self.limiter = anyio.CapacityLimiter(config.performance.max_concurrent_ops)
@@ -155,6 +175,7 @@ class Consumer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = 0
         self._unexpected: set[type[BaseException]] = set()
+        self._fsyncs = journal.config.durability == "full"
 
     @staticmethod
     def _make_batcher(config: Config) -> AdaptiveBatcher | None:
@@ -242,7 +263,7 @@ class Consumer:
             async with anyio.create_task_group() as tg:
                 self.task_group = tg
                 tg.start_soon(self._housekeeping)
-                if hasattr(self.sink, "reconcile") and self.config.fallback.reconcile:
+                if self.sink.reconciles and self.config.fallback.reconcile:
                     tg.start_soon(self._reconciler)
                 task_status.started()
                 await self._lease_loop(tg)
@@ -266,6 +287,16 @@ class Consumer:
             self.task_group.cancel_scope.cancel()
             await self._idle.wait()
 
+    def _journal_failed(self, exc: BaseException) -> None:
+        """Stop the collector's collects (``on_fatal``) when ``exc`` says the journal is unusable for good."""
+        reason = journal_unusable(exc)
+        if reason is None or self.fatal is not None:
+            return
+        self.fatal = JournalError(f"journal unusable: {reason}")
+        log.critical("%s (journal %s); the collector stops, the rows stay in the file", self.fatal, self.journal.path)
+        if self.on_fatal is not None:
+            self.on_fatal(self.fatal)
+
     def _batch_waits(self) -> bool:
         """A whole batch is ready to lease, or the journal is at its bound (collects wait for room).
 
@@ -276,15 +307,19 @@ class Consumer:
         return (depth - self._inflight_ops - self._unready >= self.batch_size
                 or depth >= self.config.async_collection.max_queue_size)
 
+    def breakers(self) -> list[CircuitBreaker]:
+        """Every breaker guarding this consumer's deliveries."""
+        return breakers_of(self.breaker, self.sink)
+
     def _breaker_wait(self) -> float:
-        if self.breaker is not None:
-            return self.breaker.retry_in()
-        waits = [b.retry_in() for b in self.sink.breakers()]
-        return min(waits) if waits else 0.0
+        return retry_in(self.breakers())
 
     async def _lease_loop(self, tg: anyio.abc.TaskGroup) -> None:
         poll = self.config.journal.poll_interval
         while not self._stopping:
+            if self.fatal is not None:  # the journal is unusable: lease nothing until closed
+                await self._nap(poll)
+                continue
             if self._inflight >= self.max_inflight:  # 0: another process delivers
                 await self.wait_progress(poll)
                 continue
@@ -313,8 +348,11 @@ class Consumer:
             began = anyio.current_time()
             try:
                 leased, bad = await self._lease(self.batch_size)
-            except JournalError as exc:  # disk trouble: keep trying, rows stay in the journal
-                log.error("cannot lease from the journal, retrying: %s", exc)
+            except Exception as exc:  # disk trouble or a bug: keep trying, rows stay in the journal
+                self.counters.fault("lease", exc)
+                self._journal_failed(exc)
+                log.error("cannot lease from the journal, retrying: %r", exc,
+                          exc_info=None if isinstance(exc, JournalError) else exc)
                 await self._nap(max(poll, 1.0))
                 continue
             for op_id, reason in bad:
@@ -361,8 +399,9 @@ class Consumer:
         self._checkpointing = True
         try:
             await anyio.to_thread.run_sync(functools.partial(self.journal.maybe_checkpoint, idle=idle))
-        except JournalError as exc:
-            log.warning("journal checkpoint failed: %s", exc)
+        except Exception as exc:  # noqa: BLE001  (a failed checkpoint must not reach the caller; the next retries)
+            self.counters.fault("checkpoint", exc)
+            log.warning("journal checkpoint failed: %r", exc)
         finally:
             self._checkpointing = False
 
@@ -385,10 +424,12 @@ class Consumer:
                     await self._settle(merged)
                 self.counters.settled(leased, merged, self.journal.clock())
                 self._unready += len(merged.retry)  # back in the journal, backing off
-            except JournalError as exc:
+            except Exception as exc:
                 # The rows stay leased until their lease expires, then are delivered
                 # again: at-least-once, and sinks are idempotent on the id.
-                log.error("cannot settle %d operations (%s); they will be redelivered", len(leased), exc)
+                self.counters.fault("settle", exc)
+                log.error("cannot settle %d operations (%r); they will be redelivered", len(leased), exc,
+                          exc_info=None if isinstance(exc, JournalError) else exc)
             finally:
                 self.settling -= 1
         finally:
@@ -408,7 +449,8 @@ class Consumer:
     # GIL for a whole batch while collect() waits for it.
 
     async def _write(self, sql: str, params: Any, *, removes: Sequence[int] = ()) -> int:
-        n = self.journal.write_now(sql, params, removes=removes)
+        # With durability full each commit fsyncs: never on the loop's thread.
+        n = None if self._fsyncs else self.journal.write_now(sql, params, removes=removes)
         if n is None:
             n = await anyio.to_thread.run_sync(functools.partial(self.journal.write_one, sql, params, removes=removes))
         return n
@@ -449,64 +491,59 @@ class Consumer:
             await self._write(sql, params, removes=removed)
 
     async def _deliver_group(self, group: list[LeasedOp], parts: list[Settlement]) -> None:
+        """Deliver one category's batch, isolating poison operations, and plan each part."""
+        planned: set[int] = set()
+        try:
+            # Bisection stays well inside the lease, so no other consumer takes the rows over.
+            until = anyio.current_time() + self.journal.config.lease_seconds / 2
+            parts_out = await deliver_isolating(self._call, group, time_left=lambda: until - anyio.current_time())
+            for part, outcome in parts_out:
+                s = plan_with(part, outcome, self.config.async_collection, self.journal.clock())
+                if s.held and not self.config.fallback.reconcile:
+                    # Nobody will re-send them: the fallback's copy is final, so acknowledge.
+                    self.counters.fallback += len(s.held)
+                    s.acked.extend(k for k, _ in s.held)
+                    s.held.clear()
+                parts.append(s)
+                planned.update(g.key for g in part)
+        except Exception as exc:  # a bug here must not strand leased rows
+            self.counters.fault("deliver", exc)
+            log.error("delivering %d operations failed unexpectedly; releasing them: %r", len(group), exc,
+                      exc_info=exc)
+            parts.append(Settlement(acked=[], retry=[], dead=[], held=[],
+                                    release=[g.key for g in group if g.key not in planned]))
+
+    async def _call(self, group: list[LeasedOp]) -> Outcome:
+        """One sink call for ``group``: rate limit, concurrency cap, timeout, breaker, counters."""
         ops = [g.op for g in group]
         delay = self.bucket.delay(len(ops))
         if delay:
             await anyio.sleep(delay)
-        started = self.clock()
-        outcome = await self._call(ops)
-        if self.batcher is not None and not isinstance(outcome, (CircuitOpen, SinkRejected)):
-            # a transient failure shrinks the batch; a rejection says nothing about its size
-            failed = isinstance(outcome, BaseException)
-            self.batch_size = self.batcher.observe(len(ops), self.clock() - started, error=failed)
-        s = plan_with(group, outcome, self.config.async_collection, self.journal.clock())
-        if s.held and not self.config.fallback.reconcile:
-            # Nobody will re-send them: the fallback's copy is final, so acknowledge.
-            self.counters.fallback += len(s.held)
-            s.acked.extend(k for k, _ in s.held)
-            s.held.clear()
-        parts.append(s)
-
-    async def _call(self, ops: list[Any]) -> DeliveryReport | BaseException | None:
-        breaker = self.breaker
-        if breaker is not None and not breaker.allow():
-            return CircuitOpen(f"{breaker.name} circuit breaker is open", retry_after=breaker.retry_in())
         timeout = self.config.performance.operation_timeout * (len(self.sink.breakers()) or 1)
         started = self.clock()
-        try:
-            async with self.limiter:
-                with anyio.fail_after(timeout):
-                    report = await self.sink.deliver(ops)
-        except SinkRejected as exc:
-            if breaker is not None:
-                breaker.record_success()
-            return exc
-        except CircuitOpen as exc:
-            return exc
-        except TimeoutError:
-            if breaker is not None:
-                breaker.record_failure()
-            return SinkUnavailable(f"{self.sink.name} timed out after {timeout:g}s; outcome unknown")
-        except SinkUnavailable as exc:
-            if breaker is not None:
-                breaker.record_failure()
-            return exc
-        except Exception as exc:
-            if breaker is not None:
-                breaker.record_failure()
-            first = type(exc) not in self._unexpected
-            self._unexpected.add(type(exc))
-            log.error("unexpected error from %s, retrying: %r", self.sink.name, exc, exc_info=exc if first else None)
-            return exc
-        self.counters.sink_call(len(ops), self.clock() - started)
-        if breaker is not None:
-            if report is not None and len(report.failed) == len(ops) and not any(
-                isinstance(e, SinkRejected) for e in report.failed.values()
-            ):
-                breaker.record_failure()
-            else:
-                breaker.record_success()
-        return report
+        async with self.limiter:
+            outcome = await call_sink(self.sink.deliver, ops, name=self.sink.name, timeout=timeout,
+                                      breaker=self.breaker)
+        elapsed = self.clock() - started
+        if outcome is None or isinstance(outcome, DeliveryReport):
+            self.counters.sink_call(len(ops), elapsed)
+        elif is_unexpected(outcome):
+            self.counters.fault("sink", outcome)
+            first = type(outcome) not in self._unexpected
+            self._unexpected.add(type(outcome))
+            log.error("unexpected error from %s delivering %d operations (%s%s): %r", self.sink.name, len(ops),
+                      ", ".join(op.id for op in ops[:3]), ", ..." if len(ops) > 3 else "", outcome,
+                      exc_info=outcome if first else None)
+        if should_bisect(outcome, len(ops)):
+            self.counters.bisections += 1
+            log.warning("batch of %d failed as a whole (%s); splitting it to isolate the cause",
+                        len(ops), _describe(outcome))  # type: ignore[arg-type]  # should_bisect: an exception
+        elif self.batcher is not None and not isinstance(outcome, CircuitOpen | SinkRejected) \
+                and not is_unexpected(outcome):
+            # a transient failure shrinks the batch; a rejection or a bug says nothing about its size
+            failed = isinstance(outcome, BaseException)
+            self.batch_size = self.batcher.observe(len(ops), elapsed, error=failed)
+        return outcome
 
     # -- background chores -------------------------------------------------------
 
@@ -525,40 +562,60 @@ class Consumer:
                 if self.config.journal.retention_seconds > 0 and tick % 10 == 0:
                     await anyio.to_thread.run_sync(self.journal.purge_done)
             except Exception as exc:  # noqa: BLE001  (a chore failing must not stop delivery)
+                self.counters.fault("housekeeping", exc)
                 log.warning("journal housekeeping failed: %s", exc)
 
     async def _reconciler(self) -> None:
-        reconcile = self.sink.reconcile  # type: ignore[attr-defined]
+        """Send rows a fallback holds to the primary; a failed round is logged, counted and retried."""
         bucket = TokenBucket(self.config.fallback.reconcile_rate, clock=self.clock)
+        failures = 0
         while True:
-            leased = await anyio.to_thread.run_sync(self.journal.lease_held, self.batch_size)
-            if not leased:
-                await anyio.sleep(max(self.config.journal.poll_interval, 0.5))
-                continue
+            try:
+                await self._reconcile_round(bucket)
+                failures = 0
+            except Exception as exc:  # a journal hiccup must not reach the caller
+                self.counters.fault("reconciler", exc)
+                log.error("reconciliation failed, retrying with backoff: %r", exc,
+                          exc_info=exc if failures == 0 else None)
+                ac = self.config.async_collection
+                await anyio.sleep(backoff_delay(failures, max(ac.retry_delay, 0.1), ac.max_retry_delay,
+                                                lambda: 0.5 + random.random() / 2))
+                failures += 1
+
+    async def _reconcile_round(self, bucket: TokenBucket) -> None:
+        leased = await anyio.to_thread.run_sync(self.journal.lease_held, self.batch_size)
+        if not leased:
+            await anyio.sleep(max(self.config.journal.poll_interval, 0.5))
+            return
+        try:
             delay = bucket.delay(len(leased))
             if delay:
                 await anyio.sleep(delay)
-            try:
-                with anyio.fail_after(self.config.performance.operation_timeout):
-                    report = await reconcile([g.op for g in leased])
-            except Exception as exc:  # noqa: BLE001  (plan() classifies every failure)
-                outcome: DeliveryReport | BaseException | None = exc
-            else:
-                outcome = report
+            outcome = await call_sink(self.sink.reconcile, [g.op for g in leased], name=self.sink.name,
+                                      timeout=self.config.performance.operation_timeout)
+            if is_unexpected(outcome):
+                self.counters.fault("sink", outcome)  # type: ignore[arg-type]  # is_unexpected: an exception
+                log.error("unexpected error from %s reconciling %d operations: %r", self.sink.name, len(leased),
+                          outcome)
             s = plan(
                 leased, outcome, max_retries=1 << 30, retry_delay=self.config.async_collection.retry_delay,
                 max_retry_delay=self.config.async_collection.max_retry_delay, now=self.journal.clock(),
             )
-            # A primary that rejects an operation outright keeps it only in the fallback.
-            for key, reason in s.dead:
-                log.warning("reconcile: primary rejected held row %d (%s); it stays in the fallback", key, reason)
+        except BaseException:
+            # Cancelled (shutdown) or broken before settling: give the rows back now.
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(
-                    self.journal.settle_held, s.acked + [k for k, _ in s.dead], s.retry, s.release
-                )
-            for g in leased:
-                if g.key in s.acked:
-                    log.info("operation %s reconciled to the primary", g.op.id)
-            self.counters.reconciled += len(s.acked)
-            if s.release or s.retry:
-                await anyio.sleep(max(self._breaker_wait(), self.config.journal.poll_interval))
+                await anyio.to_thread.run_sync(self.journal.settle_held, [], [], [g.key for g in leased])
+            raise
+        # A primary that rejects an operation outright keeps it only in the fallback.
+        for key, reason in s.dead:
+            log.warning("reconcile: primary rejected held row %d (%s); it stays in the fallback", key, reason)
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(
+                self.journal.settle_held, s.acked + [k for k, _ in s.dead], s.retry, s.release
+            )
+        for g in leased:
+            if g.key in s.acked:
+                log.info("operation %s reconciled to the primary", g.op.id)
+        self.counters.reconciled += len(s.acked)
+        if s.release or s.retry:
+            await anyio.sleep(max(self._breaker_wait(), self.config.journal.poll_interval))

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 import anyio.abc
 import msgspec
 
 from ._config import Config
-from ._journal import Journal
+from ._journal import Journal, JournalCounts
 from ._schema import RANK_SHIFT, SEQ_MASK
-from ._stats import HistogramWindow
+from ._sinks.call import own_cancellation
+from ._stats import Counters, HistogramWindow
 
-__all__ = ["Alert", "Health", "HealthMonitor", "Percentiles", "SinkHealth", "evaluate", "read_journal"]
+if TYPE_CHECKING:
+    from ._breaker import CircuitBreaker
+    from ._cache import CacheStatistics
+
+__all__ = [
+    "Alert", "Health", "HealthInputs", "HealthMonitor", "Percentiles", "SinkHealth", "evaluate", "read_journal",
+]
 
 log = logging.getLogger("memwal")
 
@@ -94,6 +102,12 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     journal_bytes: int
     wal_bytes: int
     memory_bytes: int | None
+    #: Seconds since the journal's gauges (depth, oldest age, sizes) were read, off the loop.
+    journal_age: float = 0.0
+    #: Faults the collector kept to itself, by place and exception type ("sink:KeyError").
+    faults: dict[str, int] = msgspec.field(default_factory=dict)
+    #: Failed batches split in halves to isolate the operations at fault.
+    bisections: int = 0
 
 
 class Alert(msgspec.Struct, frozen=True, kw_only=True):
@@ -149,6 +163,7 @@ def evaluate(h: Health, config: Config, *, dead_in_window: int) -> tuple[Status,
 
 
 class _JournalView(msgspec.Struct, frozen=True):
+    counts: JournalCounts
     depth: dict[str, int]
     by_priority: dict[str, int]
     oldest: float | None
@@ -164,6 +179,7 @@ def read_journal(journal: Journal) -> _JournalView:
     params = [x for r in range(4) for x in (r << RANK_SHIFT, (r << RANK_SHIFT) | SEQ_MASK)]
     by_rank = journal._read(f"SELECT {sql}", params)[0]
     return _JournalView(
+        counts=counts,
         depth=msgspec.structs.asdict(counts),
         by_priority=dict(zip(_PRIORITIES, (int(n) for n in by_rank), strict=True)),
         oldest=journal.oldest_pending(),
@@ -219,41 +235,51 @@ def _ratio(part: float, whole: float) -> float:
     return part / whole if whole else 0.0
 
 
-def _cache_hit_rate(collector: Any) -> float | None:
-    cache = getattr(collector, "cache", None)
-    stats = getattr(cache, "statistics", None)
-    if stats is None:
-        return None
-    s = stats()
-    rate = getattr(s, "hit_rate", None)
-    if rate is not None:
-        return float(rate)
-    hits, misses = getattr(s, "hits", 0), getattr(s, "misses", 0)
-    return hits / (hits + misses) if hits + misses else None
-
-
 # -- the monitor -----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class HealthInputs:
+    """What a HealthMonitor reads, each named and typed (no collector internals).
+
+    The callables read live values: ``configure()`` replaces the config, the
+    consumer (and so its breaker and batch size) exists only once started.
+    """
+
+    journal: Journal
+    counters: Counters
+    config: Callable[[], Config]
+    breakers: Callable[[], Sequence[CircuitBreaker]]
+    batch_size: Callable[[], int]
+    cache: Callable[[], CacheStatistics | None] = lambda: None
 
 
 class HealthMonitor:
     """Builds health() snapshots of one collector and fires alerts on status transitions.
 
-    It remembers the counters at each snapshot, so rates, error rates and the latency
-    percentiles cover the last ``health.window_seconds`` on its ``clock``. ``check()``
-    fires the alerts; ``run()`` calls it every ``performance.health_check_interval``.
+    ``run()`` reads the journal's gauges on a worker thread every ``refresh_interval``
+    (never on the loop) and keeps them with their age in ``view``; ``health()`` and
+    ``stats()`` read that view. Each refresh also remembers the counters, so rates,
+    error rates and latency percentiles cover the last ``health.window_seconds`` on
+    its ``clock``. Taking a snapshot changes nothing; ``check()`` (every
+    ``performance.health_check_interval``) fires the alerts.
 
     Example:
-        >>> monitor = HealthMonitor(collector, clock=ManualClock())
+        >>> monitor = HealthMonitor(HealthInputs(journal=j, counters=c, config=lambda: cfg,
+        ...                         breakers=lambda: [b], batch_size=lambda: 100), clock=ManualClock())
         >>> monitor.add_callback(lambda alert: print(alert.status, alert.reasons))
         >>> await monitor.check()
     """
 
-    def __init__(self, collector: Any, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.collector = collector
+    def __init__(self, inputs: HealthInputs, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.inputs = inputs
         self.clock = clock
         self.status: Status = "ok"
         self.alerts = 0
         self.checks = 0
+        self.callback_errors = 0
+        self.view: _JournalView | None = None  # the last gauges read off the loop
+        self._view_at = 0.0
         self._callbacks: list[AlertCallback] = []
         self._history: deque[tuple[float, dict[str, float]]] = deque(maxlen=4096)
         self._history.append((clock(), self._marks()))
@@ -271,52 +297,82 @@ class HealthMonitor:
         """Stop calling ``callback``; ValueError if it was not added."""
         self._callbacks.remove(callback)
 
-    def _breakers(self) -> list[Any]:
-        consumer = getattr(self.collector, "_consumer", None)  # None until start()
-        if consumer is not None and consumer.breaker is not None:
-            return [consumer.breaker]
-        return list(self.collector.sink.breakers())
+    def view_age(self) -> float:
+        """Seconds since ``view`` was read (0 when there is none yet)."""
+        return 0.0 if self.view is None else max(0.0, self.clock() - self._view_at)
+
+    def journal_counts(self) -> tuple[JournalCounts, float]:
+        """The journal's counts and their age: the kept view, else (not started) read now."""
+        if self.view is None:
+            return self.inputs.journal.counts(), 0.0
+        return self.view.counts, self.view_age()
+
+    async def refresh(self) -> None:
+        """Read the journal's gauges on a worker thread, keep them, and remember the counters."""
+        view = await anyio.to_thread.run_sync(read_journal, self.inputs.journal)
+        self.view, self._view_at = view, self.clock()
+        self.record()
 
     def _marks(self) -> dict[str, float]:
-        c = self.collector.counters
+        c = self.inputs.counters
         marks: dict[str, float] = {
             "collected": c.collected, "delivered": c.delivered, "retried": c.retried,
             "dead": c.dead, "dropped": sum(c.drops.values()),
             "collect_n": c.collect_us.count, "delivery_n": c.delivery_s.count, "batch_n": c.batch_sizes.count,
         }
-        for b in self._breakers():
+        for b in self.inputs.breakers():
             marks[f"calls:{b.name}"], marks[f"failures:{b.name}"] = b.calls, b.failures
         return marks
 
-    def snapshot(self, view: _JournalView | None = None) -> tuple[Health, int]:
-        """A Health snapshot (its status from ``evaluate``) and the dead letters in the window."""
-        col = self.collector
-        config: Config = col.config
-        view = view if view is not None else read_journal(col.journal)
+    def record(self) -> None:
+        """Remember the counters now: the window's rates are measured against these marks."""
         now, marks = self.clock(), self._marks()
-        window = config.health.window_seconds
-        base_t, base = self._baseline(now - window)
-        if len(self._history) > 1 and now - self._history[-2][0] < window / 100:
-            self._history[-1] = (now, marks)  # marks closer than window/100 apart: keep the newest
+        window = self.inputs.config().health.window_seconds
+        h = self._history
+        while len(h) > 1 and h[1][0] <= now - window:  # the newest mark at or before the cutoff stays
+            h.popleft()
+        if len(h) > 1 and now - h[-2][0] < window / 100:
+            h[-1] = (now, marks)  # marks closer than window/100 apart: keep the newest
         else:
-            self._history.append((now, marks))
+            h.append((now, marks))
+
+    def _baseline(self, cutoff: float) -> tuple[float, dict[str, float]]:
+        # The newest mark at or before the cutoff (or the oldest kept); nothing is dropped here.
+        best = self._history[0]
+        for mark in self._history:
+            if mark[0] > cutoff:
+                break
+            best = mark
+        return best
+
+    def snapshot(self, view: _JournalView | None = None) -> tuple[Health, int]:
+        """A Health snapshot (its status from ``evaluate``) and the dead letters in the window.
+
+        Reads ``view`` (default: the kept one, else the journal now); changes nothing.
+        """
+        inp = self.inputs
+        config = inp.config()
+        view = view if view is not None else self.view if self.view is not None else read_journal(inp.journal)
+        age = self.view_age() if view is self.view else 0.0
+        now, marks = self.clock(), self._marks()
+        base_t, base = self._baseline(now - config.health.window_seconds)
         span = max(now - base_t, 1e-9)
         delta = {k: v - base.get(k, 0) for k, v in marks.items()}
-        c = col.counters
-        consumer = getattr(col, "_consumer", None)
+        c = inp.counters
         sinks = tuple(
             SinkHealth(
                 name=b.name, state=b.state.value, calls=b.calls, failures=b.failures, opened=b.opened,
                 error_rate=_ratio(delta[f"failures:{b.name}"], delta[f"calls:{b.name}"]),
             )
-            for b in self._breakers()
+            for b in inp.breakers()
         )
         metrics = c.metrics
+        cache = inp.cache()
         health = Health(
             status="ok", reasons=(), checked_at=view.now,
             depth=view.depth, depth_by_priority=view.by_priority,
             max_queue_size=config.async_collection.max_queue_size,
-            oldest_pending_age=None if view.oldest is None else max(0.0, view.now - view.oldest),
+            oldest_pending_age=None if view.oldest is None else max(0.0, view.now + age - view.oldest),
             collected=c.collected, delivered=c.delivered, retried=c.retried, dead=c.dead,
             dropped=sum(c.drops.values()), drops_by_reason=dict(c.drops),
             rates={k: delta[k] / span for k in ("collected", "delivered", "retried", "dead", "dropped")},
@@ -324,27 +380,22 @@ class HealthMonitor:
             delivery_latency=_percentiles(c.delivery_s.since(int(base.get("delivery_n", 0)))),
             collect_histogram=_histogram(c.collect_us, 1e6) if metrics else None,
             delivery_histogram=_histogram(c.delivery_s) if metrics else None,
-            batch_size=consumer.batch_size if consumer is not None else config.async_collection.batch_size,
+            batch_size=inp.batch_size(),
             adaptive_batching=config.async_collection.adaptive_batching,
             batches=c.batches,
             batch_sizes=_percentiles(c.batch_sizes.since(int(base.get("batch_n", 0)))),
-            sinks=sinks, cache_hit_rate=_cache_hit_rate(col),
+            sinks=sinks, cache_hit_rate=None if cache is None else cache.hit_rate,
             journal_bytes=view.journal_bytes, wal_bytes=view.wal_bytes, memory_bytes=memory_bytes(),
+            journal_age=age, faults=dict(c.faults), bisections=c.bisections,
         )
         dead_in_window = int(delta["dead"])
         status, reasons = evaluate(health, config, dead_in_window=dead_in_window)
         return msgspec.structs.replace(health, status=status, reasons=reasons), dead_in_window
 
-    def _baseline(self, cutoff: float) -> tuple[float, dict[str, float]]:
-        # The newest mark at or before the cutoff (or the oldest kept); older ones go.
-        h = self._history
-        while len(h) > 1 and h[1][0] <= cutoff:
-            h.popleft()
-        return h[0]
-
     async def check(self, view: _JournalView | None = None) -> Health:
-        """Take a snapshot; on a status transition log it and call every callback once."""
+        """Take a snapshot and remember the counters; on a status transition log it and call every callback once."""
         health, _ = self.snapshot(view)
+        self.record()
         self.checks += 1
         if health.status != self.status:
             alert = Alert(previous=self.status, status=health.status, reasons=health.reasons, health=health)
@@ -364,19 +415,37 @@ class HealthMonitor:
                 result = cb(alert)
                 if inspect.isawaitable(result):
                     await result
-            except Exception as exc:  # one broken callback must not silence the others
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # one broken callback must not silence the others, nor stop us
+                if isinstance(exc, anyio.get_cancelled_exc_class()) and own_cancellation():
+                    raise
+                self.callback_errors += 1
+                self.inputs.counters.fault("alert_callback", exc)
                 log.error("health alert callback %r failed: %r", cb, exc, exc_info=exc)
 
+    def refresh_interval(self) -> float:
+        """How often ``run()`` re-reads the journal's gauges: often enough for stats(), cheap."""
+        config = self.inputs.config()
+        return min(config.performance.health_check_interval, max(0.1, min(1.0, config.journal.poll_interval * 20)))
+
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Check every ``performance.health_check_interval`` seconds until ``stop()``."""
+        """Refresh the gauges every ``refresh_interval()``, check every ``health_check_interval``, until ``stop()``."""
         with anyio.CancelScope() as self._scope:
             task_status.started()
+            next_check = anyio.current_time() + self.inputs.config().performance.health_check_interval
+            failures = 0
             while not self._stopped:
-                await anyio.sleep(self.collector.config.performance.health_check_interval)
+                await anyio.sleep(self.refresh_interval() * (1 << min(failures, 6)))
                 try:
-                    view = await anyio.to_thread.run_sync(read_journal, self.collector.journal)
-                    await self.check(view)
+                    await self.refresh()
+                    if anyio.current_time() >= next_check:
+                        next_check = anyio.current_time() + self.inputs.config().performance.health_check_interval
+                        await self.check(self.view)
+                    failures = 0
                 except Exception as exc:  # noqa: BLE001  (a failed check must not stop the collector)
+                    failures += 1
+                    self.inputs.counters.fault("health", exc)
                     log.warning("health check failed: %r", exc)
 
     def stop(self) -> None:

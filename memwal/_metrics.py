@@ -114,6 +114,14 @@ def families(h: Health) -> list[MetricFamily]:
                      [Sample(s.calls, {"sink": s.name}) for s in h.sinks]),
         MetricFamily("memwal_sink_failures_total", "counter", "Failed sink calls through each breaker.",
                      [Sample(s.failures, {"sink": s.name}) for s in h.sinks]),
+        MetricFamily("memwal_faults_total", "counter",
+                     "Faults kept inside the collector (logged, retried), by where and exception type.",
+                     [Sample(n, dict(zip(("where", "type"), k.split(":", 1), strict=True)))
+                      for k, n in sorted(h.faults.items())]),
+        _counter("bisections", "Failed batches split in halves to isolate the operations at fault.",
+                 h.bisections),
+        _gauge("journal_gauges_age_seconds", "Age of the journal gauges (read off the event loop).",
+               [Sample(h.journal_age)]),
     ]
     if h.cache_hit_rate is not None:
         fams.append(_gauge("cache_hit_ratio", "Read cache hits per lookup.", [Sample(h.cache_hit_rate)]))

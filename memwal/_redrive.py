@@ -12,14 +12,14 @@ from typing import Any
 import anyio
 import msgspec
 
-from ._breaker import CircuitBreaker
+from ._breaker import breaker_for
 from ._config import Config
 from ._consumer import group_by_category, plan_with
-from ._errors import CircuitOpen, ConfigError, SinkRejected, SinkUnavailable
+from ._errors import ConfigError
 from ._journal import Journal, owner_is_gone
-from ._records import MemoryOperation
 from ._recovery import _PAGE, requeue
-from ._sinks.base import DeliveryReport, Sink
+from ._sinks.base import Sink
+from ._sinks.call import Outcome, call_sink, deliver_isolating, is_unexpected
 from ._throttle import TokenBucket
 
 __all__ = ["ReplayProgress", "ReplayReport", "replay", "sink_from_uri"]
@@ -235,9 +235,7 @@ class _Run:
         self.journal, self.sink, self.config = journal, sink, config
         self.sleep, self.progress = sleep, progress
         self.bucket = TokenBucket(rate, clock=clock)
-        self.breaker = (
-            None if sink.manages_breakers else CircuitBreaker(sink.name, config.circuit_breaker, clock=clock)
-        )
+        self.breaker = breaker_for(sink, config.circuit_breaker, clock=clock)
         # Keep a lease's rate-limit wait well inside the lease, so no consumer takes it over.
         lease = journal.config.lease_seconds
         self.lease_n = batch_size if rate is None else max(1, min(batch_size, int(rate * lease / 4)))
@@ -268,22 +266,17 @@ class _Run:
                 self._settle(group, outcome)
 
     async def _deliver(self, group: list[Any], parts: list[tuple[Any, Any]]) -> None:
+        parts.extend(await deliver_isolating(self._call, group))
+
+    async def _call(self, group: list[Any]) -> Outcome:
         delay = self.bucket.delay(len(group))
         if delay:
             await self.sleep(delay)
-        if self.breaker is not None and not self.breaker.allow():
-            parts.append((group, CircuitOpen(f"{self.sink.name} circuit breaker is open")))
-            return
-        outcome = await _call(self.sink, [g.op for g in group], self.config.performance.operation_timeout)
-        if self.breaker is not None:
-            whole = isinstance(outcome, BaseException) and not isinstance(outcome, SinkRejected)
-            every = (
-                isinstance(outcome, DeliveryReport)
-                and len(outcome.failed) == len(group)
-                and not any(isinstance(e, SinkRejected) for e in outcome.failed.values())
-            )
-            (self.breaker.record_failure if whole or every else self.breaker.record_success)()
-        parts.append((group, outcome))
+        outcome = await call_sink(self.sink.deliver, [g.op for g in group], name=self.sink.name,
+                                  timeout=self.config.performance.operation_timeout, breaker=self.breaker)
+        if is_unexpected(outcome):
+            log.error("unexpected error from %s delivering %d operations: %r", self.sink.name, len(group), outcome)
+        return outcome
 
     def _settle(self, group: list[Any], outcome: Any) -> None:
         s = plan_with(group, outcome, self.config.async_collection, self.journal.clock())
@@ -308,15 +301,3 @@ class _Run:
                     dead=len(self.dead_ids),
                 )
             )
-
-
-async def _call(
-    sink: Sink, ops: list[MemoryOperation], timeout: float
-) -> DeliveryReport | BaseException | None:
-    try:
-        with anyio.fail_after(timeout):
-            return await sink.deliver(ops)
-    except TimeoutError:
-        return SinkUnavailable(f"{sink.name} timed out after {timeout:g}s; outcome unknown")
-    except Exception as exc:  # noqa: BLE001  (every sink error is an outcome for plan(), as in the consumer)
-        return exc

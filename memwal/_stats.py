@@ -162,6 +162,10 @@ class Counters:
         self.fallback = 0
         self.reconciled = 0
         self.released = 0
+        self.bisections = 0  # failed batches split in halves to isolate a poison operation
+        # Faults kept inside the collector, by where and what: "sink:KeyError",
+        # "reconciler:JournalError", "health:..." (logged with context where they happen).
+        self.faults: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
         self.breaker_transitions: Counter[str] = Counter()
         window = HistogramWindow if metrics else OffWindow
@@ -173,6 +177,10 @@ class Counters:
 
     def breaker_changed(self, name: str, old: BreakerState, new: BreakerState) -> None:
         self.breaker_transitions[f"{name}:{new.value}"] += 1
+
+    def fault(self, where: str, exc: BaseException) -> None:
+        """Count a fault the collector kept to itself (it was logged where it happened)."""
+        self.faults[f"{where}:{type(exc).__name__}"] += 1
 
     def sink_call(self, n: int, seconds: float) -> None:
         self.sink_seconds_per_op.add(seconds / max(n, 1))
@@ -231,9 +239,17 @@ class CollectorStats(msgspec.Struct, frozen=True, kw_only=True):
     cache_evictions: int = 0
     cache_size: int = 0
     cache_hit_rate: float = 0.0
+    #: Failed batches split in halves to isolate the operations at fault.
+    bisections: int = 0
+    #: Faults kept inside the collector, by where and exception type ("sink:KeyError").
+    faults: dict[str, int] = msgspec.field(default_factory=dict)
+    #: Seconds since the journal counts (pending, leased, dead, held) were read, off the loop.
+    journal_age: float = 0.0
 
 
-def snapshot(c: Counters, journal: JournalCounts, cache: CacheStatistics | None = None) -> CollectorStats:
+def snapshot(
+    c: Counters, journal: JournalCounts, cache: CacheStatistics | None = None, *, journal_age: float = 0.0
+) -> CollectorStats:
     p50, p99 = c.collect_us.percentiles(0.5, 0.99)
     return CollectorStats(
         collected=c.collected,
@@ -257,4 +273,7 @@ def snapshot(c: Counters, journal: JournalCounts, cache: CacheStatistics | None 
         cache_evictions=cache.evictions if cache else 0,
         cache_size=cache.size if cache else 0,
         cache_hit_rate=cache.hit_rate if cache else 0.0,
+        bisections=c.bisections,
+        faults=dict(c.faults),
+        journal_age=journal_age,
     )

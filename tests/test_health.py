@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import anyio
 import msgspec
 import pytest
+from helpers import wait_for
 
 import memwal
 from memwal import AsyncMemoryCollector, MemoryCollector, Priority
@@ -23,7 +24,7 @@ from memwal._config import (
     JournalConfig,
     PerformanceConfig,
 )
-from memwal._health import Alert, HealthMonitor
+from memwal._health import Alert, HealthInputs, HealthMonitor
 from memwal._journal import Journal, Settlement
 from memwal._stats import Counters
 from memwal.testing import FlakySink, ManualClock, MemorySink
@@ -44,8 +45,10 @@ class Rig:
         self.journal.open()
         self.sink = MemorySink()
         self.breaker = CircuitBreaker("primary", CircuitBreakerConfig(failure_threshold=2), clock=self.clock)
-        self._consumer = SimpleNamespace(breaker=self.breaker, batch_size=7)
-        self.monitor = HealthMonitor(self, clock=self.clock)
+        self.monitor = HealthMonitor(HealthInputs(
+            journal=self.journal, counters=self.counters, config=lambda: self.config,
+            breakers=lambda: [self.breaker], batch_size=lambda: 7,
+        ), clock=self.clock)
         self.alerts: list[Alert] = []
         self.async_alerts: list[Alert] = []
         self.monitor.add_callback(self.alerts.append)
@@ -176,6 +179,7 @@ def test_depth_by_priority_age_rates_and_window(rig: Rig) -> None:
     rig.counters.delivered += 4
     rig.advance(2)
     h, _ = rig.monitor.snapshot()
+    rig.monitor.record()  # what the background refresh does: the window's next mark
     assert h.depth["pending"] == 5
     assert h.depth_by_priority == {"critical": 2, "high": 0, "medium": 0, "low": 3}
     assert h.oldest_pending_age is not None and 1.5 < h.oldest_pending_age < 10
@@ -263,3 +267,42 @@ async def test_periodic_check_in_the_task_group_alerts_when_the_breaker_opens(jo
         assert any("circuit open" in r for r in alerts[0].reasons)
         assert c.health().sinks[0].state == "open"
         c.remove_alert_callback(on_alert)
+
+
+def test_reading_health_changes_nothing(rig: Rig) -> None:
+    rig.add(3)
+    rig.counters.delivered += 4
+    rig.advance(2)
+    rig.monitor.snapshot()
+    history = list(rig.monitor._history)
+    rig.advance(40)  # past the window: a snapshot that recorded marks would move the baseline
+    for _ in range(3):
+        rig.monitor.snapshot()
+    assert list(rig.monitor._history) == history
+    h, _ = rig.monitor.snapshot()
+    assert h.rates["delivered"] == pytest.approx(4 / 42)  # still measured from the start: nothing moved
+
+
+@pytest.mark.anyio
+async def test_health_and_stats_read_a_view_kept_off_the_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = memwal.load_config({"journal": {"poll_interval": 0.01}}, env={})
+    loop_thread = threading.get_ident()
+    reads: list[int] = []
+    real_counts = Journal.counts
+
+    def counting(self: Journal) -> Any:
+        reads.append(threading.get_ident())
+        return real_counts(self)
+
+    monkeypatch.setattr(Journal, "counts", counting)
+    async with memwal.AsyncMemoryCollector(tmp_path / "v.journal", MemorySink(), config=config) as c:
+        c.collect("bug", "x")
+        await c.flush_queue(timeout=10)
+        await wait_for(lambda: c.monitor.view is not None)
+        reads.clear()
+        for _ in range(5):
+            h, s = c.health(), c.stats()
+        assert reads == []  # health() and stats() ran no journal query
+        assert h.depth["pending"] == 0 and s.pending == 0 and s.journal_age >= 0 and h.journal_age >= 0
+        await wait_for(lambda: len(reads) >= 2)  # the view is refreshed in the background ...
+    assert loop_thread not in reads  # ... on worker threads only

@@ -212,3 +212,24 @@ def test_a_histogram_window_is_a_power_of_two_of_at_least_one_fold() -> None:
     for size in (384, 128):
         with pytest.raises(ValueError, match=f"window size {size} must be a power of two"):
             HistogramWindow(COLLECT_BOUNDS_US, size=size)
+
+
+@pytest.mark.anyio
+async def test_faults_and_bisections_are_exported(journal_path: Path) -> None:
+    from memwal import SinkRejected
+
+    class RejectsOne(MemorySink):
+        async def deliver(self, ops: Sequence[MemoryOperation]) -> DeliveryReport | None:
+            if any(op.content == "bad" for op in ops):
+                raise SinkRejected("422")
+            return await super().deliver(ops)
+
+    async with AsyncMemoryCollector(journal_path, RejectsOne()) as c:
+        for i in range(7):
+            c.collect("bug", "bad" if i == 3 else f"op {i}")
+        await c.flush_queue(timeout=10)
+        c.counters.faults["sink:KeyError"] += 2
+        fams = parse(memwal.metrics_text(c))
+    assert fams["memwal_faults_total"].samples == [("memwal_faults_total", {"where": "sink", "type": "KeyError"}, 2)]
+    assert fams["memwal_bisections_total"].samples[0][2] >= 1
+    assert fams["memwal_journal_gauges_age_seconds"].samples[0][2] >= 0

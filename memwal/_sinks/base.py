@@ -50,6 +50,8 @@ class Sink:
 
     #: True when the sink keeps its own circuit breakers (FallbackSink).
     manages_breakers = False
+    #: True when ``reconcile`` works: the sink reports ``held`` operations (FallbackSink).
+    reconciles = False
 
     @property
     def name(self) -> str:
@@ -60,6 +62,13 @@ class Sink:
 
     async def deliver(self, ops: Sequence[MemoryOperation]) -> DeliveryReport | None:
         raise NotImplementedError
+
+    async def reconcile(self, ops: Sequence[MemoryOperation]) -> DeliveryReport | None:
+        """Deliver operations a fallback holds to the primary (only when ``reconciles``).
+
+        Answers like ``deliver``. The default cannot: the consumer asks ``reconciles`` first.
+        """
+        raise NotImplementedError(f"{self.name} holds no operations to reconcile")
 
     def breakers(self) -> Sequence[CircuitBreaker]:
         """The breakers this sink manages itself (empty unless ``manages_breakers``)."""

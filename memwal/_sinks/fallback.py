@@ -12,13 +12,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import anyio
-
 from .._breaker import CircuitBreaker
 from .._config import CircuitBreakerConfig, Config
 from .._errors import CircuitOpen, SinkRejected, SinkUnavailable
 from .._records import Memory, MemoryOperation
 from .base import DeliveryReport, Sink
+from .call import Outcome, call_sink, is_unexpected, require_async_deliver
 
 __all__ = ["FallbackSink"]
 
@@ -34,10 +33,13 @@ class FallbackSink(Sink):
     """
 
     manages_breakers = True
+    reconciles = True
 
     def __init__(self, primary: Sink, *fallbacks: Sink) -> None:
         if not fallbacks:
             raise ValueError("FallbackSink needs at least one fallback sink")
+        for sink in (primary, *fallbacks):
+            require_async_deliver(sink)
         self.sinks: tuple[Sink, ...] = (primary, *fallbacks)
         self._timeout: float | None = None
         self._make_breakers(CircuitBreakerConfig(), time.monotonic, None)
@@ -67,11 +69,10 @@ class FallbackSink(Sink):
     def breakers(self) -> Sequence[CircuitBreaker]:
         return self._breakers
 
-    async def _call(self, i: int, ops: Sequence[MemoryOperation]) -> DeliveryReport | None:
-        if self._timeout is None:
-            return await self.sinks[i].deliver(ops)
-        with anyio.fail_after(self._timeout):
-            return await self.sinks[i].deliver(ops)
+    async def _call(self, i: int, ops: Sequence[MemoryOperation]) -> Outcome:
+        sink = self.sinks[i]
+        return await call_sink(sink.deliver, ops, name=self._breakers[i].name, timeout=self._timeout,
+                               breaker=self._breakers[i])
 
     async def deliver(self, ops: Sequence[MemoryOperation]) -> DeliveryReport:
         remaining = list(ops)
@@ -82,39 +83,20 @@ class FallbackSink(Sink):
         for i, breaker in enumerate(self._breakers):
             if not remaining:
                 break
-            if not breaker.allow():
-                continue
+            outcome = await self._call(i, remaining)
+            if isinstance(outcome, CircuitOpen):
+                continue  # the breaker refused: no call was made
             tried = True
-            try:
-                report = await self._call(i, remaining)
-            except SinkRejected as exc:
-                breaker.record_success()  # the sink answered; the operations are at fault
-                failed.update((op.id, exc) for op in remaining)
+            if isinstance(outcome, SinkRejected):  # the sink answered; the operations are at fault
+                failed.update((op.id, outcome) for op in remaining)
                 return DeliveryReport(failed=failed, held=held)
-            except Exception as exc:
-                breaker.record_failure()
-                last = exc if isinstance(exc, SinkUnavailable) else SinkUnavailable(f"{breaker.name}: {exc!r}")
-                if not isinstance(exc, SinkUnavailable | TimeoutError):
-                    log.warning("unexpected error from %s: %r", breaker.name, exc, exc_info=exc)
+            if isinstance(outcome, BaseException):
+                last = outcome if isinstance(outcome, SinkUnavailable) else SinkUnavailable(
+                    f"{breaker.name}: {outcome!r}")
+                if is_unexpected(outcome):
+                    log.warning("unexpected error from %s: %r", breaker.name, outcome, exc_info=outcome)
                 continue
-            errors = report.failed if report else {}
-            still: list[MemoryOperation] = []
-            for op in remaining:
-                err = errors.get(op.id)
-                if err is None:
-                    if i > 0:
-                        held[op.id] = breaker.name
-                        log.info("operation %s delivered to fallback %s", op.id, breaker.name)
-                elif isinstance(err, SinkRejected):
-                    failed[op.id] = err
-                else:
-                    still.append(op)
-                    last = err
-            if len(still) == len(remaining) and not failed:
-                breaker.record_failure()
-            else:
-                breaker.record_success()
-            remaining = still
+            remaining, last = self._sort(i, remaining, outcome, failed, held, last)
         if remaining and not tried:
             wait = min(b.retry_in() for b in self._breakers)
             raise CircuitOpen(f"every sink's circuit breaker is open ({self})", retry_after=wait)
@@ -122,21 +104,33 @@ class FallbackSink(Sink):
             failed[op.id] = last or CircuitOpen("no sink in the chain could take it")
         return DeliveryReport(failed=failed, held=held)
 
+    def _sort(
+        self, i: int, remaining: list[MemoryOperation], report: DeliveryReport | None,
+        failed: dict[str, SinkUnavailable | SinkRejected], held: dict[str, str], last: SinkUnavailable | None,
+    ) -> tuple[list[MemoryOperation], SinkUnavailable | None]:
+        """Record what sink ``i`` stored or rejected; return the operations still to place."""
+        errors = report.failed if report else {}
+        name = self._breakers[i].name
+        still: list[MemoryOperation] = []
+        for op in remaining:
+            err = errors.get(op.id)
+            if err is None:
+                if i > 0:
+                    held[op.id] = name
+                    log.info("operation %s delivered to fallback %s", op.id, name)
+            elif isinstance(err, SinkRejected):
+                failed[op.id] = err
+            else:
+                still.append(op)
+                last = err
+        return still, last
+
     async def reconcile(self, ops: Sequence[MemoryOperation]) -> DeliveryReport | None:
         """Deliver held operations to the primary only, behind its breaker."""
-        breaker = self._breakers[0]
-        if not breaker.allow():
-            raise CircuitOpen(f"{breaker.name} circuit breaker is open", retry_after=breaker.retry_in())
-        try:
-            report = await self._call(0, ops)
-        except SinkRejected:
-            breaker.record_success()
-            raise
-        except Exception:
-            breaker.record_failure()
-            raise
-        breaker.record_success()
-        return report
+        outcome = await self._call(0, ops)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     def _readable(self) -> Sink:
         for sink, breaker in zip(self.sinks, self._breakers, strict=True):
