@@ -157,11 +157,15 @@ class Journal:
         self._wlock = threading.Lock()  # orders this process's writers
         self._clock_c = threading.Lock()  # guards the consumer connection
         self._rlock = threading.Lock()  # guards the read connection
+        # The one connection this process writes with: appends and the consumer's
+        # claims, acks and settlements alike (they are ordered by _wlock anyway). A
+        # commit by another connection resets this one's page cache, so the next
+        # append would re-read the B-tree pages it needs; with one writer, only
+        # another process's commits do (see benchmarks/README.md, issue 19).
         self._w: sqlite3.Connection | None = None
         self._wc: sqlite3.Cursor | None = None  # the producer's INSERT reuses one cursor
-        self._c: sqlite3.Connection | None = None
+        self._c: sqlite3.Connection | None = None  # the consumer's reads and checkpoints
         self._r: sqlite3.Connection | None = None
-        self._lw: sqlite3.Connection | None = None  # write_now's: never waits on a lock
         self._fc: sqlite3.Connection | None = None  # flush counts' snapshots, opened on first use
         self._flock = threading.Lock()  # guards _fc
         self._watches: list[RemovalWatch] = []  # replaced, never mutated (read without a lock)
@@ -216,8 +220,6 @@ class Journal:
             self._wc = self._w.cursor()
             self._r = self._connect()
             self._r.execute("PRAGMA query_only=1")
-            self._lw = self._connect()
-            self._lw.execute("PRAGMA busy_timeout=0")
         except sqlite3.Error as exc:
             self._close_conns()
             raise JournalError(f"cannot open: {exc}", path=str(self.path)) from exc
@@ -241,10 +243,10 @@ class Journal:
         return self._w is not None and not self._closed
 
     def _close_conns(self) -> None:
-        for conn in (self._w, self._c, self._r, self._lw, self._fc):
+        for conn in (self._w, self._c, self._r, self._fc):
             if conn is not None:
                 conn.close()
-        self._w = self._c = self._r = self._lw = self._fc = None
+        self._w = self._c = self._r = self._fc = None
         self._wc = None
 
     def _connect(self) -> sqlite3.Connection:
@@ -438,7 +440,7 @@ class Journal:
     def _write(self, fn: Callable[[sqlite3.Connection], Any], removes: Sequence[int] = ()) -> Any:
         """``fn`` in one write transaction; ``removes``: the keys it takes out of ``ops``."""
         with self._clock_c, self._wlock:
-            c = self._conn(self._c)
+            c = self._conn(self._w)
             try:
                 c.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
@@ -579,7 +581,7 @@ class Journal:
         """
         with self._clock_c, self._wlock:
             try:
-                return self._run_one(self._conn(self._c), sql, params, removes)
+                return self._run_one(self._conn(self._w), sql, params, removes)
             except sqlite3.Error as exc:
                 raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
 
@@ -627,8 +629,13 @@ class Journal:
         if not self._wlock.acquire(blocking=False):
             return None
         try:
+            w = self._conn(self._w)
             try:
-                return self._run_one(self._conn(self._lw), sql, params, removes)
+                w.execute("PRAGMA busy_timeout=0")
+                try:
+                    return self._run_one(w, sql, params, removes)
+                finally:
+                    w.execute(f"PRAGMA busy_timeout={int(self.config.busy_timeout * 1000)}")
             except sqlite3.OperationalError as exc:
                 if "locked" in str(exc) or "busy" in str(exc):
                     return None
@@ -805,8 +812,8 @@ class Journal:
                 c.execute("PRAGMA busy_timeout=0")
                 try:
                     busy, frames, done = c.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-                    if not busy:
-                        c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")  # the new WAL's first frame
+                    if not busy:  # the new WAL's first frame, by the writer (keeps its page cache)
+                        self._conn(self._w).execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 finally:
                     c.execute(f"PRAGMA busy_timeout={int(self.config.busy_timeout * 1000)}")
             except sqlite3.Error as exc:
