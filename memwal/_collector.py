@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Coroutine, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -190,7 +190,7 @@ class AsyncMemoryCollector:
         """
         return self._append(category, content, metadata, priority, tags, project, self._on_full)
 
-    async def collect_async(
+    def collect_async(
         self,
         category: Category,
         content: str,
@@ -199,21 +199,40 @@ class AsyncMemoryCollector:
         *,
         tags: Sequence[str] = (),
         project: str | None = None,
-    ) -> str:
-        """Append one operation; return its id once it is committed to the journal.
+    ) -> Awaitable[str]:
+        """Append one operation now; the returned awaitable gives its id.
 
-        When the journal is full and ``on_full`` is ``block``, waits up to
-        ``collect_timeout`` for room, then raises QueueFull. With
-        ``async_collection.enabled: false`` returns only once the operation is delivered.
+        The append happens in this call, before any await: ``c.collect_async(...)``
+        without ``await`` still stores the memory (fire and forget). Bad input and a
+        closed collector raise here. Awaiting returns the id of the committed
+        operation; with ``async_collection.enabled: false`` it returns once the
+        operation is delivered. When the journal is full and ``on_full`` is
+        ``block``, nothing can be appended yet: the awaitable waits up to
+        ``collect_timeout`` for room, then raises QueueFull; dropped unawaited,
+        that operation is not stored, which is logged as an error with its category
+        and counted in ``stats().drops_by_reason["not_awaited"]``.
         """
         try:
             op_id = self._append(category, content, metadata, priority, tags, project, self._on_full)
         except QueueFull:
             if not self._block:
                 raise
-            op_id = await self._append_blocking(category, content, metadata, priority, tags, project)
+            wait = self._then_delivered(category, content, metadata, priority, tags, project)
+            return _Collected(None, wait, self, str(category))
+        if self._enabled:
+            return _Collected(op_id, None, self, "")
+        return _Collected(op_id, self._delivered(op_id), self, "")
+
+    async def _then_delivered(
+        self, category: Any, content: Any, metadata: Any, priority: Any, tags: Any, project: Any
+    ) -> str:
+        op_id = await self._append_blocking(category, content, metadata, priority, tags, project)
         if not self._enabled:
             await self._wait_delivered(op_id)
+        return op_id
+
+    async def _delivered(self, op_id: str) -> str:
+        await self._wait_delivered(op_id)
         return op_id
 
     async def _append_blocking(
@@ -391,3 +410,40 @@ class AsyncMemoryCollector:
                 b.reset()
         self._consumer.wake()
 
+
+
+class _Collected:
+    """What ``collect_async`` returns: the id of an operation appended by the call,
+    or the wait that still has to append it or see it delivered."""
+
+    __slots__ = ("_collector", "_id", "_stored", "_wait")
+
+    def __init__(
+        self, op_id: str | None, wait: Coroutine[Any, Any, str] | None, collector: AsyncMemoryCollector,
+        category: str,
+    ) -> None:
+        self._id = op_id
+        self._wait = wait
+        self._collector = collector
+        self._stored = category  # "" once appended; else the category of what waits for room
+
+    def __await__(self) -> Generator[Any, None, str]:
+        wait, self._wait = self._wait, None
+        if wait is None:
+            if self._id is None:
+                raise RuntimeError("collect_async's result was already awaited")
+            return self._id
+        self._stored = ""
+        return (yield from wait.__await__())
+
+    def __del__(self) -> None:
+        wait = self._wait
+        if wait is None:
+            return
+        wait.close()  # no "never awaited" RuntimeWarning: the error below says more
+        if self._stored:  # on_full=block with a full journal: nothing was appended
+            self._collector.counters.drops["not_awaited"] += 1
+            log.error(
+                "a collect_async(%r, ...) waiting for room (on_full=block) was never awaited:"
+                " the operation was not stored", self._stored,
+            )
