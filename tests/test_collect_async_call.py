@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from helpers import FAST, fast_config, wait_for
+
 from memwal import AsyncMemoryCollector, InvalidOperation, QueueFull
 from memwal.testing import FlakySink, MemorySink
 
