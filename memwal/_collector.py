@@ -80,6 +80,8 @@ class AsyncMemoryCollector:
         self._enabled = ac.enabled
         self._record_collect_us = self.counters.collect_us.add
         self._queue_scope = None if self.cache is None else self.cache.queue_scope
+        self._group = self.journal.group_commit  # durability full: collects share fsyncs
+        self._sync_event: anyio.Event | None = None  # set when the loop's leader's fsync ends
 
     def __repr__(self) -> str:
         c = self.counters
@@ -188,7 +190,10 @@ class AsyncMemoryCollector:
         With ``on_full: block`` a full journal raises QueueFull at once here (blocking
         the event loop would stop the consumer that makes room); use collect_async.
         """
-        return self._append(category, content, metadata, priority, tags, project, self._on_full)
+        op_id = self._append(category, content, metadata, priority, tags, project, self._on_full)
+        if self._group:
+            self.journal.sync_upto(self.journal.commits)  # joins a group commit, on this thread
+        return op_id
 
     def collect_async(
         self,
@@ -219,9 +224,29 @@ class AsyncMemoryCollector:
                 raise
             wait = self._then_delivered(category, content, metadata, priority, tags, project)
             return _Collected(None, wait, self, str(category))
-        if self._enabled:
-            return _Collected(op_id, None, self, "")
-        return _Collected(op_id, self._delivered(op_id), self, "")
+        if not self._enabled:
+            return _Collected(op_id, self._delivered(op_id), self, "")
+        if self._group and self.journal.synced < self.journal.commits:
+            return _Collected(op_id, self._committed(op_id, self.journal.commits), self, "")
+        return _Collected(op_id, None, self, "")
+
+    async def _committed(self, op_id: str, ticket: int) -> str:
+        """Wait until a group commit covers ``ticket``: one task per group runs the
+        fsync on a worker thread; the others wait for it on the loop."""
+        j = self.journal
+        while j.synced < ticket:
+            ev = self._sync_event
+            if ev is not None:
+                await ev.wait()
+                continue
+            ev = self._sync_event = anyio.Event()
+            try:
+                with anyio.CancelScope(shield=True):  # the fsync finishes even if this task is cancelled
+                    await anyio.to_thread.run_sync(j.sync_upto, j.commits)
+            finally:
+                self._sync_event = None
+                ev.set()
+        return op_id
 
     async def _then_delivered(
         self, category: Any, content: Any, metadata: Any, priority: Any, tags: Any, project: Any
@@ -229,6 +254,8 @@ class AsyncMemoryCollector:
         op_id = await self._append_blocking(category, content, metadata, priority, tags, project)
         if not self._enabled:
             await self._wait_delivered(op_id)
+        elif self._group:
+            await self._committed(op_id, self.journal.commits)
         return op_id
 
     async def _delivered(self, op_id: str) -> str:

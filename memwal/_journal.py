@@ -179,6 +179,13 @@ class Journal:
         self.commits = 0
         self.large_appended = False  # a payload over LARGE_ROW was appended since the consumer last looked
         self._checkpointed_at = 0
+        # Group commit (durability full): the writer commits with synchronous=NORMAL
+        # and callers wait in sync_upto, where one fdatasync of the WAL covers every
+        # commit made before it began (see sync_upto).
+        self.group_commit = self.config.durability == "full"
+        self._wal_fd: int | None = None
+        self._sync_lock = threading.Lock()
+        self.synced = 0  # every commit up to this ``commits`` value is on disk
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._w else "unopened"
@@ -218,9 +225,13 @@ class Journal:
         try:
             self._w = self._connect()
             self._wc = self._w.cursor()
+            if self.group_commit:
+                self._w.execute("PRAGMA synchronous=NORMAL")  # sync_upto makes its commits durable
+                self._wal_fd = os.open(f"{self.path}-wal", os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+                _fsync_dir(self.path.parent)  # the WAL file's own entry survives power loss
             self._r = self._connect()
             self._r.execute("PRAGMA query_only=1")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             self._close_conns()
             raise JournalError(f"cannot open: {exc}", path=str(self.path)) from exc
         self.refresh_depth()
@@ -229,6 +240,11 @@ class Journal:
         """Checkpoint and close; closing twice is a no-op."""
         if self._closed:
             return
+        if self.group_commit and self._wal_fd is not None:
+            try:
+                self.sync_upto(self.commits)  # commits whose callers did not wait (fire and forget)
+            except JournalError as exc:
+                log.warning("sync at close failed: %s", exc)
         self._closed = True
         with self._flock, self._clock_c, self._wlock:  # the order every other holder takes them in
             if self._c is not None:
@@ -248,6 +264,9 @@ class Journal:
                 conn.close()
         self._w = self._c = self._r = self._fc = None
         self._wc = None
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
+            self._wal_fd = None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -374,6 +393,7 @@ class Journal:
             else:
                 w.execute(INSERT_OP, row)
                 w.execute("COMMIT")
+                self.commits += 1
         except BaseException:
             w.execute("ROLLBACK")
             raise
@@ -407,6 +427,7 @@ class Journal:
         except BaseException:
             w.execute("ROLLBACK")
             raise
+        self.commits += 1
         self._depth_delta += 1
 
     @staticmethod
@@ -435,6 +456,29 @@ class Journal:
             self._set_depth(n)
         return n
 
+    def sync_upto(self, ticket: int) -> None:
+        """Return once every commit up to ``ticket`` (a ``commits`` value) is on disk.
+
+        Group commit: the first caller to find its commit unsynced becomes the leader
+        and fdatasyncs the WAL once, covering every commit made before it started;
+        callers queued behind it find their commit covered and return without an
+        fsync of their own. A no-op unless ``durability`` is ``full``.
+        """
+        if not self.group_commit or self.synced >= ticket:
+            return
+        with self._sync_lock:
+            if self.synced >= ticket:
+                return
+            target = self.commits  # commits finished so far; later ones wait for the next sync
+            fd = self._wal_fd
+            if fd is None or self._closed:
+                raise JournalError("journal is closed", path=str(self.path))
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:
+                raise JournalError(f"cannot sync the journal: {exc}", path=str(self.path)) from exc
+            self.synced = max(self.synced, target)
+
     # -- consumer ----------------------------------------------------------------
 
     def _write(self, fn: Callable[[sqlite3.Connection], Any], removes: Sequence[int] = ()) -> Any:
@@ -450,13 +494,15 @@ class Journal:
                 c.execute("COMMIT")
                 self.commits += 1
                 self._removed(removes)
-                return result
+                ticket = self.commits
             except sqlite3.Error as exc:
                 c.execute("ROLLBACK")
                 raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
+        self.sync_upto(ticket)
+        return result
 
     def lease(self, n: int, *, category: str | None = None) -> tuple[list[LeasedOp], list[tuple[str, str]]]:
         """Lease up to ``n`` ready rows in priority then FIFO order.
@@ -581,9 +627,12 @@ class Journal:
         """
         with self._clock_c, self._wlock:
             try:
-                return self._run_one(self._conn(self._w), sql, params, removes)
+                n = self._run_one(self._conn(self._w), sql, params, removes)
+                ticket = self.commits
             except sqlite3.Error as exc:
                 raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
+        self.sync_upto(ticket)
+        return n
 
     def _run_one(self, c: sqlite3.Connection, sql: str, params: Any, removes: Sequence[int]) -> int:
         n = int(c.execute(sql, params).rowcount)  # the caller holds _wlock
@@ -633,7 +682,8 @@ class Journal:
             try:
                 w.execute("PRAGMA busy_timeout=0")
                 try:
-                    return self._run_one(w, sql, params, removes)
+                    n = self._run_one(w, sql, params, removes)
+                    ticket = self.commits
                 finally:
                     w.execute(f"PRAGMA busy_timeout={int(self.config.busy_timeout * 1000)}")
             except sqlite3.OperationalError as exc:
@@ -644,6 +694,8 @@ class Journal:
                 raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
         finally:
             self._wlock.release()
+        self.sync_upto(ticket)  # durability full: as before, this write's fsync is paid here
+        return n
 
     def _read_c(self, sql: str, params: Any) -> list[Any]:
         with self._clock_c:
@@ -971,3 +1023,11 @@ def _move_dead(
         [(add_attempt, reason, now, k) for k, reason in items],
     )
     c.executemany(f"DELETE FROM {table} WHERE k = ?", [(k,) for k, _ in items])
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
