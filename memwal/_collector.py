@@ -12,6 +12,7 @@ from typing import Any, Self
 import anyio
 import anyio.abc
 import anyio.from_thread
+import anyio.lowlevel
 
 from ._adaptive import apply_changes
 from ._cache import QUEUE_CHECK_MASK, MemoryCache
@@ -242,6 +243,9 @@ class AsyncMemoryCollector:
             ev = self._sync_event = anyio.Event()
             try:
                 with anyio.CancelScope(shield=True):  # the fsync finishes even if this task is cancelled
+                    # One turn of the loop first: tasks woken by the last group append
+                    # now and ride this fsync instead of the next one.
+                    await anyio.lowlevel.checkpoint()
                     await anyio.to_thread.run_sync(j.sync_upto, j.commits)
             finally:
                 self._sync_event = None
