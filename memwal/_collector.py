@@ -8,13 +8,14 @@ import os
 import time
 import warnings
 import weakref
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Coroutine, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
 import anyio
 import anyio.abc
 import anyio.from_thread
+import anyio.lowlevel
 
 from ._adaptive import apply_changes
 from ._breaker import CircuitBreaker, breakers_of
@@ -94,7 +95,7 @@ Meta = Mapping[str, Any] | None
 Prio = Priority | str | None
 
 
-class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
+class AsyncMemoryCollector(CollectHelpers[Awaitable[str]]):
     """Collect memories without waiting for the backend; nothing collected is lost.
 
     ``collect``/``collect_async`` append to the journal file in one committed SQLite
@@ -149,6 +150,8 @@ class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
         self._enabled = ac.enabled
         self._record_collect_us = self.counters.collect_us.add
         self._queue_scope = None if self.cache is None else self.cache.queue_scope
+        self._group = self.journal.group_commit  # durability full: collects share fsyncs
+        self._sync_event: anyio.Event | None = None  # set when the loop's leader's fsync ends
 
     @property
     def config(self) -> Config:
@@ -441,9 +444,12 @@ class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
         With ``on_full: block`` a full journal raises QueueFull at once here (blocking
         the event loop would stop the consumer that makes room); use collect_async.
         """
-        return self._append(category, content, metadata, priority, tags, project, self._on_full)
+        op_id = self._append(category, content, metadata, priority, tags, project, self._on_full)
+        if self._group:
+            self.journal.sync_upto(self.journal.commits)  # joins a group commit, on this thread
+        return op_id
 
-    async def collect_async(
+    def collect_async(
         self,
         category: Category,
         content: str,
@@ -452,21 +458,65 @@ class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
         *,
         tags: Sequence[str] = (),
         project: str | None = None,
-    ) -> str:
-        """Append one operation; return its id once it is committed to the journal.
+    ) -> Awaitable[str]:
+        """Append one operation now; the returned awaitable gives its id.
 
-        When the journal is full and ``on_full`` is ``block``, waits up to
-        ``collect_timeout`` for room, then raises QueueFull. With
-        ``async_collection.enabled: false`` returns only once the operation is delivered.
+        The append happens in this call, before any await: ``c.collect_async(...)``
+        without ``await`` still stores the memory (fire and forget). Bad input and a
+        closed collector raise here. Awaiting returns the id of the committed
+        operation; with ``async_collection.enabled: false`` it returns once the
+        operation is delivered. When the journal is full and ``on_full`` is
+        ``block``, nothing can be appended yet: the awaitable waits up to
+        ``collect_timeout`` for room, then raises QueueFull; dropped unawaited,
+        that operation is not stored, which is logged as an error with its category
+        and counted in ``stats().drops_by_reason["not_awaited"]``.
         """
         try:
             op_id = self._append(category, content, metadata, priority, tags, project, self._on_full)
         except QueueFull:
             if not self._block:
                 raise
-            op_id = await self._append_blocking(category, content, metadata, priority, tags, project)
+            wait = self._then_delivered(category, content, metadata, priority, tags, project)
+            return _Collected(None, wait, self, str(category))
+        if not self._enabled:
+            return _Collected(op_id, self._delivered(op_id), self, "")
+        if self._group and self.journal.synced < self.journal.commits:
+            return _Collected(op_id, self._committed(op_id, self.journal.commits), self, "")
+        return _Collected(op_id, None, self, "")
+
+    async def _committed(self, op_id: str, ticket: int) -> str:
+        """Wait until a group commit covers ``ticket``: one task per group runs the
+        fsync on a worker thread; the others wait for it on the loop."""
+        j = self.journal
+        while j.synced < ticket:
+            ev = self._sync_event
+            if ev is not None:
+                await ev.wait()
+                continue
+            ev = self._sync_event = anyio.Event()
+            try:
+                with anyio.CancelScope(shield=True):  # the fsync finishes even if this task is cancelled
+                    # One turn of the loop first: tasks woken by the last group append
+                    # now and ride this fsync instead of the next one.
+                    await anyio.lowlevel.checkpoint()
+                    await anyio.to_thread.run_sync(j.sync_upto, j.commits)
+            finally:
+                self._sync_event = None
+                ev.set()
+        return op_id
+
+    async def _then_delivered(
+        self, category: Any, content: Any, metadata: Any, priority: Any, tags: Any, project: Any
+    ) -> str:
+        op_id = await self._append_blocking(category, content, metadata, priority, tags, project)
         if not self._enabled:
             await self._wait_delivered(op_id)
+        elif self._group:
+            await self._committed(op_id, self.journal.commits)
+        return op_id
+
+    async def _delivered(self, op_id: str) -> str:
+        await self._wait_delivered(op_id)
         return op_id
 
     async def _append_blocking(
@@ -499,7 +549,7 @@ class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
 
     def _collect_as(
         self, category: str, content: str, metadata: Meta, priority: Prio, kw: dict[str, Any]
-    ) -> Coroutine[Any, Any, str]:
+    ) -> Awaitable[str]:
         return self.collect_async(category, content, metadata, priority, **kw)
 
     # -- reading -----------------------------------------------------------------
@@ -674,3 +724,40 @@ class AsyncMemoryCollector(CollectHelpers[Coroutine[Any, Any, str]]):
             b.reset()
         self._consumer.wake()
 
+
+
+class _Collected:
+    """What ``collect_async`` returns: the id of an operation appended by the call,
+    or the wait that still has to append it or see it delivered."""
+
+    __slots__ = ("_collector", "_id", "_stored", "_wait")
+
+    def __init__(
+        self, op_id: str | None, wait: Coroutine[Any, Any, str] | None, collector: AsyncMemoryCollector,
+        category: str,
+    ) -> None:
+        self._id = op_id
+        self._wait = wait
+        self._collector = collector
+        self._stored = category  # "" once appended; else the category of what waits for room
+
+    def __await__(self) -> Generator[Any, None, str]:
+        wait, self._wait = self._wait, None
+        if wait is None:
+            if self._id is None:
+                raise RuntimeError("collect_async's result was already awaited")
+            return self._id
+        self._stored = ""
+        return (yield from wait.__await__())
+
+    def __del__(self) -> None:
+        wait = self._wait
+        if wait is None:
+            return
+        wait.close()  # no "never awaited" RuntimeWarning: the error below says more
+        if self._stored:  # on_full=block with a full journal: nothing was appended
+            self._collector.counters.drops["not_awaited"] += 1
+            log.error(
+                "a collect_async(%r, ...) waiting for room (on_full=block) was never awaited:"
+                " the operation was not stored", self._stored,
+            )

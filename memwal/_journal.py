@@ -173,11 +173,15 @@ class Journal:
         self._wlock = threading.Lock()  # orders this process's writers
         self._clock_c = threading.Lock()  # guards the consumer connection
         self._rlock = threading.Lock()  # guards the read connection
+        # The one connection this process writes with: appends and the consumer's
+        # claims, acks and settlements alike (they are ordered by _wlock anyway). A
+        # commit by another connection resets this one's page cache, so the next
+        # append would re-read the B-tree pages it needs; with one writer, only
+        # another process's commits do (see benchmarks/README.md, issue 19).
         self._w: sqlite3.Connection | None = None
         self._wc: sqlite3.Cursor | None = None  # the producer's INSERT reuses one cursor
-        self._c: sqlite3.Connection | None = None
+        self._c: sqlite3.Connection | None = None  # the consumer's reads and checkpoints
         self._r: sqlite3.Connection | None = None
-        self._lw: sqlite3.Connection | None = None  # write_now's: never waits on a lock
         self._fc: sqlite3.Connection | None = None  # flush counts' snapshots, opened on first use
         self._flock = threading.Lock()  # guards _fc
         self._watches: list[RemovalWatch] = []  # replaced, never mutated (read without a lock)
@@ -191,17 +195,27 @@ class Journal:
         self.commits = 0
         self.large_appended = False  # a payload over LARGE_ROW was appended since the consumer last looked
         self._checkpointed_at = 0
+        # Group commit (durability full): the writer commits with synchronous=NORMAL
+        # and callers wait in sync_upto, where one fdatasync of the WAL covers every
+        # commit made before it began (see sync_upto).
+        self.group_commit = self.config.durability == "full"
+        self._wal_fd: int | None = None
+        self._sync_lock = threading.Lock()
+        self.synced = 0  # every commit up to this ``commits`` value is on disk
         _journals.add(self)
 
     def _forget_after_fork(self) -> None:
         """In a child after fork(): fresh locks (a parent thread may have held one at the
         fork), the parent's connections dropped unused, and an open journal closed here."""
-        self._wlock, self._clock_c, self._rlock, self._flock = (threading.Lock() for _ in range(4))
+        self._wlock, self._clock_c, self._rlock, self._flock, self._sync_lock = (threading.Lock() for _ in range(5))
         self.owner = _owner()
-        conns = (self._w, self._c, self._r, self._lw, self._fc)
+        conns = (self._w, self._c, self._r, self._fc)
         if any(c is not None for c in conns):
             _inherited.append(conns)
-            self._w = self._c = self._r = self._lw = self._fc = None
+            self._w = self._c = self._r = self._fc = None
+            if self._wal_fd is not None:  # the child's copy of the parent's descriptor
+                os.close(self._wal_fd)
+                self._wal_fd = None
             self._wc = None
             self._closed = True
 
@@ -243,11 +257,13 @@ class Journal:
         try:
             self._w = self._connect()
             self._wc = self._w.cursor()
+            if self.group_commit:
+                self._w.execute("PRAGMA synchronous=NORMAL")  # sync_upto makes its commits durable
+                self._wal_fd = os.open(f"{self.path}-wal", os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+                _fsync_dir(self.path.parent)  # the WAL file's own entry survives power loss
             self._r = self._connect()
             self._r.execute("PRAGMA query_only=1")
-            self._lw = self._connect()
-            self._lw.execute("PRAGMA busy_timeout=0")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             self._close_conns()
             raise JournalError(f"cannot open: {exc}", path=str(self.path)) from exc
         self.refresh_depth()
@@ -256,6 +272,11 @@ class Journal:
         """Checkpoint and close; closing twice is a no-op."""
         if self._closed:
             return
+        if self.group_commit and self._wal_fd is not None:
+            try:
+                self.sync_upto(self.commits)  # commits whose callers did not wait (fire and forget)
+            except JournalError as exc:
+                log.warning("sync at close failed: %s", exc)
         self._closed = True
         with self._flock, self._clock_c, self._wlock:  # the order every other holder takes them in
             if self._c is not None:
@@ -270,11 +291,14 @@ class Journal:
         return self._w is not None and not self._closed
 
     def _close_conns(self) -> None:
-        for conn in (self._w, self._c, self._r, self._lw, self._fc):
+        for conn in (self._w, self._c, self._r, self._fc):
             if conn is not None:
                 conn.close()
-        self._w = self._c = self._r = self._lw = self._fc = None
+        self._w = self._c = self._r = self._fc = None
         self._wc = None
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
+            self._wal_fd = None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -401,6 +425,7 @@ class Journal:
             else:
                 w.execute(INSERT_OP, row)
                 w.execute("COMMIT")
+                self.commits += 1
         except BaseException:
             w.execute("ROLLBACK")
             raise
@@ -434,6 +459,7 @@ class Journal:
         except BaseException:
             w.execute("ROLLBACK")
             raise
+        self.commits += 1
         self._depth_delta += 1
 
     @staticmethod
@@ -462,12 +488,35 @@ class Journal:
             self._set_depth(n)
         return n
 
+    def sync_upto(self, ticket: int) -> None:
+        """Return once every commit up to ``ticket`` (a ``commits`` value) is on disk.
+
+        Group commit: the first caller to find its commit unsynced becomes the leader
+        and fdatasyncs the WAL once, covering every commit made before it started;
+        callers queued behind it find their commit covered and return without an
+        fsync of their own. A no-op unless ``durability`` is ``full``.
+        """
+        if not self.group_commit or self.synced >= ticket:
+            return
+        with self._sync_lock:
+            if self.synced >= ticket:
+                return
+            target = self.commits  # commits finished so far; later ones wait for the next sync
+            fd = self._wal_fd
+            if fd is None or self._closed:
+                raise JournalError("journal is closed", path=str(self.path))
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:
+                raise JournalError(f"cannot sync the journal: {exc}", path=str(self.path)) from exc
+            self.synced = max(self.synced, target)
+
     # -- consumer ----------------------------------------------------------------
 
     def _write(self, fn: Callable[[sqlite3.Connection], Any], removes: Sequence[int] = ()) -> Any:
         """``fn`` in one write transaction; ``removes``: the keys it takes out of ``ops``."""
         with self._clock_c, self._wlock:
-            c = self._conn(self._c)
+            c = self._conn(self._w)
             try:
                 c.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
@@ -477,13 +526,15 @@ class Journal:
                 c.execute("COMMIT")
                 self.commits += 1
                 self._removed(removes)
-                return result
+                ticket = self.commits
             except sqlite3.Error as exc:
                 c.execute("ROLLBACK")
                 raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
+        self.sync_upto(ticket)
+        return result
 
     def lease(self, n: int, *, category: str | None = None) -> tuple[list[LeasedOp], list[tuple[str, str]]]:
         """Lease up to ``n`` ready rows in priority then FIFO order.
@@ -608,9 +659,12 @@ class Journal:
         """
         with self._clock_c, self._wlock:
             try:
-                return self._run_one(self._conn(self._c), sql, params, removes)
+                n = self._run_one(self._conn(self._w), sql, params, removes)
+                ticket = self.commits
             except sqlite3.Error as exc:
                 raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
+        self.sync_upto(ticket)
+        return n
 
     def _run_one(self, c: sqlite3.Connection, sql: str, params: Any, removes: Sequence[int]) -> int:
         n = int(c.execute(sql, params).rowcount)  # the caller holds _wlock
@@ -656,8 +710,14 @@ class Journal:
         if not self._wlock.acquire(blocking=False):
             return None
         try:
+            w = self._conn(self._w)
             try:
-                return self._run_one(self._conn(self._lw), sql, params, removes)
+                w.execute("PRAGMA busy_timeout=0")
+                try:
+                    n = self._run_one(w, sql, params, removes)
+                    ticket = self.commits
+                finally:
+                    w.execute(f"PRAGMA busy_timeout={int(self.config.busy_timeout * 1000)}")
             except sqlite3.OperationalError as exc:
                 if "locked" in str(exc) or "busy" in str(exc):
                     return None
@@ -666,6 +726,8 @@ class Journal:
                 raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
         finally:
             self._wlock.release()
+        self.sync_upto(ticket)  # durability full: as before, this write's fsync is paid here
+        return n
 
     def _read_c(self, sql: str, params: Any) -> list[Any]:
         with self._clock_c:
@@ -834,8 +896,8 @@ class Journal:
                 c.execute("PRAGMA busy_timeout=0")
                 try:
                     busy, frames, done = c.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-                    if not busy:
-                        c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")  # the new WAL's first frame
+                    if not busy:  # the new WAL's first frame, by the writer (keeps its page cache)
+                        self._conn(self._w).execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 finally:
                     c.execute(f"PRAGMA busy_timeout={int(self.config.busy_timeout * 1000)}")
             except sqlite3.Error as exc:
@@ -993,3 +1055,11 @@ def _move_dead(
         [(add_attempt, reason, now, k) for k, reason in items],
     )
     c.executemany(f"DELETE FROM {table} WHERE k = ?", [(k,) for k, _ in items])
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

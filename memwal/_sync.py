@@ -154,12 +154,14 @@ class MemoryCollector(CollectHelpers[str]):
         """
         a = self._async
         try:
-            return a._append(category, content, metadata, priority, tags, project, a._on_full)
+            op_id = a._append(category, content, metadata, priority, tags, project, a._on_full)
         except QueueFull:
             if not a._block:
                 raise
-            op_id: str = self._portal.call(a._append_blocking, category, content, metadata, priority, tags, project)
-            return op_id
+            op_id = self._portal.call(a._append_blocking, category, content, metadata, priority, tags, project)
+        if a._group:  # durability full: join a group commit (one fdatasync for every thread waiting)
+            a.journal.sync_upto(a.journal.commits)
+        return op_id
 
     def _collect_as(self, category: str, content: str, metadata: Meta, priority: Prio, kw: dict[str, Any]) -> str:
         return self.collect(category, content, metadata, priority, **kw)
