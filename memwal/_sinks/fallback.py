@@ -40,6 +40,7 @@ class FallbackSink(Sink):
             raise ValueError("FallbackSink needs at least one fallback sink")
         self.sinks: tuple[Sink, ...] = (primary, *fallbacks)
         self._timeout: float | None = None
+        self._touched: set[int] = set()  # sinks that stored something since their last sync
         self._make_breakers(CircuitBreakerConfig(), time.monotonic, None)
 
     def _make_breakers(self, config: CircuitBreakerConfig, clock: Any, on_change: Any) -> None:
@@ -69,9 +70,23 @@ class FallbackSink(Sink):
 
     async def _call(self, i: int, ops: Sequence[MemoryOperation]) -> DeliveryReport | None:
         if self._timeout is None:
-            return await self.sinks[i].deliver(ops)
-        with anyio.fail_after(self._timeout):
-            return await self.sinks[i].deliver(ops)
+            report = await self.sinks[i].deliver(ops)
+        else:
+            with anyio.fail_after(self._timeout):
+                report = await self.sinks[i].deliver(ops)
+        self._touched.add(i)
+        return report
+
+    async def sync(self) -> None:
+        """Sync each sink that stored something since its last sync (a sink that is
+        down and took nothing is not asked)."""
+        touched, self._touched = self._touched, set()
+        for i in sorted(touched):
+            try:
+                await self.sinks[i].sync()
+            except BaseException:
+                self._touched |= {j for j in touched if j >= i}
+                raise
 
     async def deliver(self, ops: Sequence[MemoryOperation]) -> DeliveryReport:
         remaining = list(ops)
