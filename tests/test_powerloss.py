@@ -183,3 +183,39 @@ def test_a_sink_that_does_not_sync_is_caught(tmp_path: Path, shim: Path) -> None
 def test_torn_writes(tmp_path: Path, shim: Path, durability: str, threads: int) -> None:
     tally = _campaign(tmp_path, shim, durability, threads, torn=True)
     assert tally.violations == [], tally.line(durability) + f"; first lost: {tally.violations[:5]}"
+
+
+STORE_CHILD = """
+import sys, anyio, memwal
+from memwal import MemoryOperation
+
+async def main(path, do_sync):
+    async with memwal.SQLiteSink(path, durability="normal") as s:
+        for i in range(20):
+            op = MemoryOperation(id=f"op{i:03d}", category="bug", content="x" * 300, created_at=1.0)
+            await s.deliver([op])
+        if do_sync == "sync":
+            await s.sync()
+        print("started", flush=True)
+        for i in range(20):
+            print(f"op{i:03d}", flush=True)
+        await anyio.sleep(60)
+
+anyio.run(main, *sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize(("call_sync", "survive"), [("sync", 20), ("no-sync", 0)])
+def test_sqlite_sink_sync_makes_normal_deliveries_survive_a_cut(
+    tmp_path: Path, shim: Path, call_sync: str, survive: int
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    campaign.prepare(data)  # creates the store (and a journal) outside the shim
+    store = data / "memories.db"
+    run = harness.run_and_cut(["-c", STORE_CHILD, str(store), call_sync], data, tmp_path, shim, kill_after=20)
+    conn = sqlite3.connect(store)
+    kept = {r[0] for r in conn.execute("SELECT id FROM memories")}
+    conn.close()
+    assert len(run.ids) == 20
+    assert len(kept & set(run.ids)) == survive
