@@ -13,10 +13,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 from helpers import fast_config, wait_for
 
-from memwal import AsyncMemoryCollector, InvalidOperation, MemoryOperation, SinkUnavailable, SQLiteSink, load_config
+from memwal import (
+    AsyncMemoryCollector,
+    InvalidOperation,
+    MemoryOperation,
+    SinkUnavailable,
+    SQLiteSink,
+    load_config,
+)
 from memwal.testing import MemorySink
 
 pytestmark = pytest.mark.anyio
@@ -78,7 +86,7 @@ async def test_normal_syncs_the_sink_before_each_checkpoint(journal_path: Path) 
         c.journal.maybe_checkpoint = checkpoint  # type: ignore[method-assign]
         for i in range(40):
             c.collect("bug", f"m{i}")
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
         await c.flush_queue(timeout=10)
         await wait_for(lambda: "checkpoint" in sink.events)
     # Each checkpoint follows a sync with no other checkpoint between (deliveries may
@@ -113,7 +121,7 @@ async def test_normal_holds_acks_while_the_sink_syncs_and_skips_the_checkpoint_i
         c.journal.maybe_checkpoint = checkpoint  # type: ignore[method-assign]
         for i in range(10):
             c.collect("bug", f"early {i}")
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
         with anyio.fail_after(10):
             await sink.syncing.wait()  # a checkpoint began: its sink sync blocks
         late = [c.collect("bug", f"late {i}") for i in range(5)]
