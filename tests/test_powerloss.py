@@ -109,7 +109,9 @@ def test_torn_cut_keeps_each_sector_old_or_new(tmp_path: Path, shim: Path) -> No
     assert {b"A" + (512).to_bytes(2, "big"), b"B" + (512).to_bytes(2, "big")} <= seen
 
 
-def _sqlite_campaign(tmp_path: Path, shim: Path, sync: str, threads: int, cuts: int, seed: int) -> tuple[int, int]:
+def _sqlite_campaign(
+    tmp_path: Path, shim: Path, sync: str, threads: int, cuts: int, seed: int, torn: bool = False
+) -> tuple[int, int]:
     data = tmp_path / "data"
     data.mkdir()
     db = data / "t.db"
@@ -122,7 +124,7 @@ def _sqlite_campaign(tmp_path: Path, shim: Path, sync: str, threads: int, cuts: 
     for n in range(cuts):
         run = harness.run_and_cut(
             [str(HERE / "powercut" / "sqlite_child.py"), str(db), sync, str(threads), str(n)], data, tmp_path, shim,
-            kill_after=rng.randrange(1, 300),
+            kill_after=rng.randrange(1, 300), torn=random.Random(rng.random()) if torn else None,
         )
         conn = sqlite3.connect(db)
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok", f"seed {seed}"
@@ -133,12 +135,14 @@ def _sqlite_campaign(tmp_path: Path, shim: Path, sync: str, threads: int, cuts: 
     return acked, lost
 
 
-@pytest.mark.parametrize("threads", [1, 4])
-def test_simulator_sqlite_synchronous_full_loses_no_committed_row(tmp_path: Path, shim: Path, threads: int) -> None:
+@pytest.mark.parametrize(("threads", "torn"), [(1, False), (4, False), *([(4, True)] if LONG else [])])
+def test_simulator_sqlite_synchronous_full_loses_no_committed_row(
+    tmp_path: Path, shim: Path, threads: int, torn: bool
+) -> None:
     seed = _seed()
-    acked, lost = _sqlite_campaign(tmp_path, shim, "FULL", threads, 4 if not LONG else 30, seed)
+    acked, lost = _sqlite_campaign(tmp_path, shim, "FULL", threads, 4 if not LONG else 30, seed, torn)
     assert acked > 0
-    assert lost == 0, f"seed {seed}: {lost} of {acked} committed rows lost with synchronous=FULL"
+    assert lost == 0, f"seed {seed}: {lost} of {acked} committed rows lost with synchronous=FULL (torn: {torn})"
 
 
 def test_simulator_sqlite_synchronous_off_loses_committed_rows(tmp_path: Path, shim: Path) -> None:
