@@ -250,9 +250,9 @@ class Consumer:
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                # The journal checkpoints when it closes: the acks it makes durable
-                # then must find the sink's copies durable already.
-                if await self._sync_sink() is not None:
+                # The journal checkpoints when it closes: under `normal` the acks it
+                # makes durable then must find the sink's copies durable already.
+                if self.config.journal.durability == "normal" and await self._sync_sink() is not None:
                     log.error("%s could not sync at shutdown: a power cut now could lose what it stored", self.sink.name)
                 released = await anyio.to_thread.run_sync(self.journal.release_mine)
                 if released:

@@ -19,6 +19,7 @@ from helpers import fast_config, wait_for
 
 from memwal import (
     AsyncMemoryCollector,
+    FallbackSink,
     InvalidOperation,
     MemoryOperation,
     SinkUnavailable,
@@ -151,3 +152,21 @@ async def test_sqlite_sink_rejects_an_unknown_durability(tmp_path: Path) -> None
     with pytest.raises(InvalidOperation, match="durability"):
         SQLiteSink(tmp_path / "s.db", durability="fsync")  # type: ignore[arg-type]
     assert not (tmp_path / "s.db").exists()
+
+
+class DownSink(SyncingSink):
+    async def deliver(self, ops: Sequence[MemoryOperation]) -> None:
+        raise SinkUnavailable("primary down")
+
+
+async def test_fallback_sink_syncs_only_the_sinks_that_stored_something() -> None:
+    primary, fallback = DownSink(), SyncingSink()
+    primary.fail_sync = True  # a down primary that took nothing must not block the acks
+    sink = FallbackSink(primary, fallback)
+    op = MemoryOperation(id="0190", category="bug", content="x", created_at=1.0)
+    report = await sink.deliver([op])
+    assert report.held == {"0190": "SyncingSink"}
+    await sink.sync()
+    assert primary.events == [] and fallback.events == ["deliver", "sync"]
+    await sink.sync()  # nothing stored since: nobody is asked
+    assert fallback.events == ["deliver", "sync"]
