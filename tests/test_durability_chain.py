@@ -170,3 +170,26 @@ async def test_fallback_sink_syncs_only_the_sinks_that_stored_something() -> Non
     assert primary.events == [] and fallback.events == ["deliver", "sync"]
     await sink.sync()  # nothing stored since: nobody is asked
     assert fallback.events == ["deliver", "sync"]
+
+
+def test_replay_acks_only_after_the_sink_synced(journal_path: Path) -> None:
+    from memwal import _redrive as redrive
+    from memwal._journal import Journal
+    from memwal._records import Priority
+
+    j = Journal(journal_path)
+    j.open()
+    try:
+        for i in range(3):
+            j.append("bug", f"m{i}", {}, Priority.MEDIUM, (), None)
+        sink = SyncingSink()
+        sink.fail_sync = True
+        first = anyio.run(lambda: redrive.replay(j, sink, batch_size=10))
+        assert first.delivered == 0 and first.retried == 3  # delivered, not synced: kept
+        assert j.counts().pending == 3 and len(sink.memories) == 3
+        sink.fail_sync = False
+        second = anyio.run(lambda: redrive.replay(j, sink, batch_size=10))
+        assert second.delivered == 3 and j.counts().pending == 0
+        assert sink.events[-2:] == ["deliver", "sync"]
+    finally:
+        j.close()
