@@ -172,6 +172,7 @@ def test_full_durability_loses_no_acknowledged_memory(tmp_path: Path, shim: Path
 
 def test_normal_durability_loses_only_collects_after_the_last_journal_sync(tmp_path: Path, shim: Path) -> None:
     tally = _campaign(tmp_path, shim, "normal", 8)
+    assert tally.undone_writes > 0, tally.line("normal")  # the cuts took back unsynced commits
     assert tally.violations == [], tally.line("normal") + f"; lost before the last sync: {tally.violations[:5]}"
 
 
@@ -186,6 +187,7 @@ def test_a_sink_that_does_not_sync_is_caught(tmp_path: Path, shim: Path) -> None
 @pytest.mark.parametrize(("durability", "threads"), [("full", 1), ("full", 8), ("normal", 8)])
 def test_torn_writes(tmp_path: Path, shim: Path, durability: str, threads: int) -> None:
     tally = _campaign(tmp_path, shim, durability, threads, torn=True)
+    assert tally.kept_sectors > 0, tally.line(durability)  # some writes were torn
     assert tally.violations == [], tally.line(durability) + f"; first lost: {tally.violations[:5]}"
 
 

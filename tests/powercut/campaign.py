@@ -38,10 +38,13 @@ class Tally:
     late: int = 0  # of the lost: returned after the journal's last sync (normal may lose these)
     store_side: int = 0  # of the lost: the journal row is gone (its delete survived the cut)
     violations: list[str] = dataclasses.field(default_factory=list)
+    undone_writes: int = 0  # what the cuts took back: writes undone, sectors kept (torn)
+    kept_sectors: int = 0
 
     def line(self, name: str) -> str:
         return (f"{name}: {self.cuts} cuts, {self.acknowledged} ids acknowledged, {self.lost} lost"
-                f" ({self.late} after the journal's last sync), {len(self.violations)} violations")
+                f" ({self.late} after the journal's last sync), {len(self.violations)} violations;"
+                f" the cuts undid {self.undone_writes} writes, kept {self.kept_sectors} torn sectors")
 
 
 def prepare(data: Path) -> tuple[Path, Path]:
@@ -86,6 +89,9 @@ def check_cut(run: harness.CutRun, journal: Path, store: Path, durability: str, 
     last_sync = max((s for s, _, p in run.syncs if p in (wal, "*")), default=-1)
     tally.cuts += 1
     tally.acknowledged += len(run.ids)
+    if run.report is not None:
+        tally.undone_writes += run.report.undone_writes
+        tally.kept_sectors += run.report.kept_sectors
     for op_id, t in zip(run.ids, run.times, strict=True):
         if op_id in in_journal or op_id in in_store:
             continue
