@@ -167,6 +167,7 @@ class Consumer:
         self._read_on_loop = True  # the last lease's rows were small enough to read on the loop
         self._last_read = 0  # rows the last lease read
         self._checkpointing = False
+        self._ack_gate: anyio.Event | None = None  # set while a normal-mode checkpoint syncs: acks wait
         self._urgent = False  # a flush or a blocking collect waits: lease partial batches at once
         self._gathering = False  # napping while a batch is in flight and the next one fills
         self._last_lease = -math.inf  # anyio.current_time() when the last non-empty lease began
@@ -270,6 +271,10 @@ class Consumer:
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
+                # The journal checkpoints when it closes: under `normal` the acks it
+                # makes durable then must find the sink's copies durable already.
+                if self.config.journal.durability == "normal" and await self._sync_sink() is not None:
+                    log.error("%s could not sync at shutdown: a power cut now could lose what it stored", self.sink.name)
                 released = await anyio.to_thread.run_sync(self.journal.release_mine)
                 if released:
                     log.info("released %d leased operations at shutdown; they stay in the journal", released)
@@ -393,17 +398,63 @@ class Consumer:
         self._unready = max(0, self.journal.depth_estimate - self._inflight_ops) if short else 0
 
     async def _checkpoint(self, idle: bool) -> None:
-        """The lease loop's and housekeeping's checkpoint: one at a time."""
-        if self._checkpointing:
+        """The lease loop's and housekeeping's checkpoint: one at a time.
+
+        With ``durability: normal`` the checkpoint is what makes acks durable, so it
+        closes the ack gate, syncs the sink, checkpoints, then opens the gate: every
+        ack it makes durable was for a delivery the sink's sync covered.
+        """
+        if self._checkpointing or not self.journal.checkpoint_wanted(idle=idle):
             return
         self._checkpointing = True
+        gate = None
         try:
+            if self.config.journal.durability == "normal":
+                gate = self._ack_gate = anyio.Event()
+                if await self._sync_sink() is not None:
+                    return  # no checkpoint, so no ack becomes durable; tried again later
             await anyio.to_thread.run_sync(functools.partial(self.journal.maybe_checkpoint, idle=idle))
         except Exception as exc:  # noqa: BLE001  (a failed checkpoint must not reach the caller; the next retries)
             self.counters.fault("checkpoint", exc)
             log.warning("journal checkpoint failed: %r", exc)
         finally:
             self._checkpointing = False
+            if gate is not None:
+                self._ack_gate = None
+                gate.set()
+
+    async def _sync_sink(self) -> SinkUnavailable | None:
+        """``sink.sync()`` within the operation timeout; the error if it failed."""
+        try:
+            with anyio.fail_after(self.config.performance.operation_timeout):
+                await self.sink.sync()
+        except Exception as exc:  # noqa: BLE001  (the acks wait; the caller decides)
+            log.warning("%s sync failed, acknowledgements wait: %r", self.sink.name, exc)
+            return exc if isinstance(exc, SinkUnavailable) else SinkUnavailable(f"{self.sink.name} sync: {exc!r}")
+        return None
+
+    async def _ack_ready(self) -> SinkUnavailable | None:
+        """Wait until acks may commit: ``full`` (each ack is durable at commit): the sink
+        is synced first; ``normal``: no checkpoint is between its sink sync and its end."""
+        if self.config.journal.durability == "full":
+            return await self._sync_sink()
+        while self._ack_gate is not None:
+            await self._ack_gate.wait()
+        return None
+
+    async def _durable_first(self, leased: list[LeasedOp], s: Settlement) -> Settlement:
+        """``s``, or, when the sink could not make the deliveries durable, ``s`` with
+        its acked and held rows retried instead (they stay in the journal)."""
+        if not (s.acked or s.held):
+            return s
+        err = await self._ack_ready()
+        if err is None:
+            return s
+        keys = {*s.acked, *(k for k, _ in s.held)}
+        again = plan_with([g for g in leased if g.key in keys], err, self.config.async_collection, self.journal.clock())
+        log.warning("%d delivered operations stay in the journal: the sink's sync failed", len(keys))
+        return Settlement(acked=[], retry=[*s.retry, *again.retry], dead=[*s.dead, *again.dead], held=[],
+                          release=s.release)
 
     async def _process(self, leased: list[LeasedOp]) -> None:
         try:
@@ -418,6 +469,7 @@ class Consumer:
                 held=[h for p in parts for h in p.held],
                 release=[k for p in parts for k in p.release],
             )
+            merged = await self._durable_first(leased, merged)
             self.settling += 1
             try:
                 with anyio.CancelScope(shield=True):
@@ -601,6 +653,9 @@ class Consumer:
                 leased, outcome, max_retries=1 << 30, retry_delay=self.config.async_collection.retry_delay,
                 max_retry_delay=self.config.async_collection.max_retry_delay, now=self.journal.clock(),
             )
+            if s.acked and await self._ack_ready() is not None:  # the primary's copy is not durable yet
+                s.release.extend(s.acked)
+                s.acked.clear()
         except BaseException:
             # Cancelled (shutdown) or broken before settling: give the rows back now.
             with anyio.CancelScope(shield=True):

@@ -910,9 +910,18 @@ class Journal:
         """Has the WAL grown by ``checkpoint_pages`` commits since the last checkpoint?"""
         return self.commits - self._checkpointed_at >= self.config.checkpoint_pages
 
+    def checkpoint_wanted(self, *, idle: bool) -> bool:
+        """Would ``maybe_checkpoint(idle=idle)`` checkpoint now? (The consumer syncs the
+        sink first, so it asks before paying for a sync that nothing follows.)"""
+        return self.checkpoint_due or (idle and self.commits > self._checkpointed_at)
+
     def maybe_checkpoint(self, *, idle: bool) -> bool:
         """Checkpoint and restart the WAL when it has grown by ``checkpoint_pages`` commits;
         a plain checkpoint when collecting is idle (the next writer then restarts it).
+
+        With ``durability: normal`` a checkpoint is what makes acknowledgements
+        durable (it fsyncs the WAL): the consumer holds acks back and syncs the sink
+        before calling this, so no durable ack ever precedes a durable delivery.
         """
         if self.checkpoint_due:
             self.checkpoint_and_restart()

@@ -15,7 +15,7 @@ import msgspec
 from ._breaker import breaker_for
 from ._config import Config
 from ._consumer import group_by_category, plan_with
-from ._errors import ConfigError
+from ._errors import ConfigError, SinkUnavailable
 from ._journal import Journal, owner_is_gone
 from ._recovery import _PAGE, requeue
 from ._sinks.base import Sink
@@ -262,6 +262,11 @@ class _Run:
             async with anyio.create_task_group() as tg:
                 for group in group_by_category(leased, self.batch_size):
                     tg.start_soon(self._deliver, group, parts)
+            if any(not isinstance(o, BaseException) for _, o in parts):
+                # The durability chain: no ack before the sink's copies are durable.
+                err = await _sync(self.sink, self.config.performance.operation_timeout)
+                if err is not None:
+                    parts = [(g, o if isinstance(o, BaseException) else err) for g, o in parts]
             for group, outcome in parts:
                 self._settle(group, outcome)
 
@@ -301,3 +306,14 @@ class _Run:
                     dead=len(self.dead_ids),
                 )
             )
+
+
+async def _sync(sink: Sink, timeout: float) -> SinkUnavailable | None:
+    """``sink.sync()``; the error as SinkUnavailable (the batch is retried) if it failed."""
+    try:
+        with anyio.fail_after(timeout):
+            await sink.sync()
+    except Exception as exc:  # noqa: BLE001  (the rows stay in the journal and are retried)
+        return exc if isinstance(exc, SinkUnavailable) else SinkUnavailable(f"{sink.name} sync: {exc!r}")
+    return None
+

@@ -70,6 +70,27 @@ class Sink:
         """
         raise NotImplementedError(f"{self.name} holds no operations to reconcile")
 
+    async def sync(self) -> None:
+        """Make every delivery this sink has reported done durable (survive power loss).
+
+        The durability chain: the consumer awaits ``sync`` before the journal makes an
+        acknowledgement durable, so a journal row is never gone while its memory is
+        not yet safe in the sink. With ``journal.durability: full`` every ack commit
+        is durable at once, so ``sync`` is awaited before each batch's ack; with
+        ``normal``, before each journal checkpoint (acks wait meanwhile). If it
+        raises, the rows are not acknowledged: they stay in the journal and are
+        delivered again (sinks are idempotent on the id).
+
+        The default does nothing: right for a sink whose ``deliver`` returns only
+        once the memory is durable (a remote service that stores before replying,
+        ``SQLiteSink(durability="full")``). Override it in a sink that buffers.
+
+        Example:
+            >>> class FileSink(Sink):
+            ...     async def sync(self):
+            ...         await anyio.to_thread.run_sync(os.fsync, self.fd)
+        """
+
     def breakers(self) -> Sequence[CircuitBreaker]:
         """The breakers this sink manages itself (empty unless ``manages_breakers``)."""
         return ()

@@ -42,6 +42,7 @@ class FallbackSink(Sink):
             require_async_deliver(sink)
         self.sinks: tuple[Sink, ...] = (primary, *fallbacks)
         self._timeout: float | None = None
+        self._touched: set[int] = set()  # sinks that stored something since their last sync
         self._make_breakers(CircuitBreakerConfig(), time.monotonic, None)
 
     def _make_breakers(self, config: CircuitBreakerConfig, clock: Any, on_change: Any) -> None:
@@ -71,8 +72,22 @@ class FallbackSink(Sink):
 
     async def _call(self, i: int, ops: Sequence[MemoryOperation]) -> Outcome:
         sink = self.sinks[i]
-        return await call_sink(sink.deliver, ops, name=self._breakers[i].name, timeout=self._timeout,
-                               breaker=self._breakers[i])
+        outcome = await call_sink(sink.deliver, ops, name=self._breakers[i].name, timeout=self._timeout,
+                                  breaker=self._breakers[i])
+        if not isinstance(outcome, BaseException):
+            self._touched.add(i)  # it stored something: sync() must cover it
+        return outcome
+
+    async def sync(self) -> None:
+        """Sync each sink that stored something since its last sync (a sink that is
+        down and took nothing is not asked)."""
+        touched, self._touched = self._touched, set()
+        for i in sorted(touched):
+            try:
+                await self.sinks[i].sync()
+            except BaseException:
+                self._touched |= {j for j in touched if j >= i}
+                raise
 
     async def deliver(self, ops: Sequence[MemoryOperation]) -> DeliveryReport:
         remaining = list(ops)

@@ -7,15 +7,18 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import aiosqlite
 import anyio
 import msgspec
 
-from .._errors import JournalError, SinkUnavailable
+from .._errors import InvalidOperation, JournalError, SinkUnavailable
 from .._records import Memory, MemoryOperation, Priority
 from .base import Sink
+
+if TYPE_CHECKING:
+    from .._config import Config
 
 __all__ = ["SQLiteSink"]
 
@@ -89,13 +92,26 @@ class SQLiteSink(Sink):
     Stores each operation once (a redelivered id is ignored), one transaction per
     batch. Usable on its own for reading.
 
+    ``durability``: ``"full"`` commits each delivery with an fsync (it survives
+    power loss once ``deliver`` returns); ``"normal"`` commits without one and
+    ``sync()`` makes the deliveries durable. None (the default) follows the
+    collector's ``journal.durability`` once bound (``normal`` until then). Either
+    way a collector never loses an acknowledged memory to a power cut: it awaits
+    ``sync()`` before the journal's acknowledgement becomes durable.
+
     Example:
         >>> async with SQLiteSink("memories.db") as store:
         ...     print(await store.count("bug"))
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, durability: Literal["normal", "full"] | None = None) -> None:
+        if durability not in (None, "normal", "full"):
+            raise InvalidOperation("durability", f"must be 'normal', 'full' or None, not {durability!r}")
         self.path = Path(path)
+        self._explicit = durability
+        self.durability: Literal["normal", "full"] = durability or "normal"
+        self._applied = ""  # the synchronous setting the connection has
+        self._unsynced = False  # a commit since the last sync() was not fsynced
         self._db: aiosqlite.Connection | None = None
         self._closed = False
         self._lock = anyio.Lock()  # one transaction at a time on the shared connection
@@ -143,9 +159,22 @@ class SQLiteSink(Sink):
             raise JournalError(f"not a memwal memory store ({exc})", path=str(self.path)) from exc
         return db
 
+    def bind(self, config: Config, clock: Any) -> None:
+        """Follow the journal's durability, unless the constructor was told one."""
+        if self._explicit is None:
+            self.durability = config.journal.durability
+
+    async def _apply_durability(self, db: aiosqlite.Connection) -> None:
+        # Called holding the lock, before a write: bind() may come after the connection.
+        want = "FULL" if self.durability == "full" else "NORMAL"
+        if self._applied != want:
+            await db.execute(f"PRAGMA synchronous={want}")
+            self._applied = want
+
     async def _setup(self, db: aiosqlite.Connection) -> None:
         await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=NORMAL")
+        self._applied = ""  # a new connection starts at SQLite's default
+        await self._apply_durability(db)
         (version,) = await (await db.execute("PRAGMA user_version")).fetchone()  # type: ignore[misc]
         if version > SCHEMA_VERSION:
             raise JournalError(
@@ -200,10 +229,36 @@ class SQLiteSink(Sink):
         # One statement in autocommit mode is one transaction, FTS5 trigger included.
         batch = _enc.encode(rows)
         try:
+            await self._apply_durability(db)
             await db.execute(_INSERT_BATCH, (batch,))
         except sqlite3.Error as exc:
             # busy, locked, disk full, I/O: all may pass; the consumer retries.
             raise SinkUnavailable(f"memory store {self.path}: {exc}") from exc
+        if self._applied != "FULL":
+            self._unsynced = True
+
+    async def sync(self) -> None:
+        """Make every stored delivery durable: one fsynced commit, only if one was not.
+
+        A commit with ``synchronous=FULL`` fsyncs the whole WAL, so the unsynced
+        commits before it become durable too (SQLite's recovery replays every
+        committed frame of a synced WAL). A no-op after ``full`` commits or when
+        nothing was delivered since the last sync.
+        """
+        if not self._unsynced or self._db is None:
+            return
+        db = await self._conn()
+        async with self._lock:
+            if not self._unsynced:
+                return  # a sync that held the lock before us covered our writes
+            try:
+                await db.execute("PRAGMA synchronous=FULL")
+                self._applied = "FULL"
+                # Rewriting the schema version is the smallest commit: one page.
+                await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                self._unsynced = False
+            except sqlite3.Error as exc:
+                raise SinkUnavailable(f"memory store {self.path}: cannot sync: {exc}") from exc
 
     async def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         db = await self._conn()
