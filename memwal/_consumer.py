@@ -21,6 +21,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from . import _heartbeat as heartbeat
 from ._adaptive import AdaptiveBatcher
 from ._breaker import CircuitBreaker
 from ._config import AsyncCollectionConfig, Config
@@ -238,6 +239,7 @@ class Consumer:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         await anyio.to_thread.run_sync(self.journal.recover)
+        await self._beat()
         try:
             async with anyio.create_task_group() as tg:
                 self.task_group = tg
@@ -252,6 +254,7 @@ class Consumer:
                 released = await anyio.to_thread.run_sync(self.journal.release_mine)
                 if released:
                     log.info("released %d leased operations at shutdown; they stay in the journal", released)
+                await self._beat(leave=True)
             self._idle.set()
 
     async def stop(self, timeout: float) -> None:
@@ -519,12 +522,21 @@ class Consumer:
             try:
                 await self._checkpoint(idle)
                 await anyio.to_thread.run_sync(self.journal.refresh_depth)
+                if tick % int(heartbeat.INTERVAL) == 0:
+                    await self._beat()
                 if tick % 5 == 0:
                     await anyio.to_thread.run_sync(self.journal.recover)
                 if self.config.journal.retention_seconds > 0 and tick % 10 == 0:
                     await anyio.to_thread.run_sync(self.journal.purge_done)
             except Exception as exc:  # noqa: BLE001  (a chore failing must not stop delivery)
                 log.warning("journal housekeeping failed: %s", exc)
+
+    async def _beat(self, *, leave: bool = False) -> None:
+        """Refresh (or at close remove) this collector's heartbeat; a failure is logged, never raised."""
+        try:
+            await anyio.to_thread.run_sync(heartbeat.leave if leave else heartbeat.beat, self.journal)
+        except Exception as exc:  # noqa: BLE001  (liveness is advisory: delivery must go on)
+            log.warning("journal heartbeat failed: %s", exc)
 
     async def _reconciler(self) -> None:
         reconcile = self.sink.reconcile  # type: ignore[attr-defined]
