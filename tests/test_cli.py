@@ -405,3 +405,153 @@ def test_status_without_heartbeats_falls_back_to_live_leases(
     finally:
         j.close()
     assert not counts(journal).consumer_running
+
+
+# -- the rest of each command's output and error paths ---------------------------------------
+
+
+def dead_journal(path: Path) -> tuple[list[str], list[str]]:
+    """Four bug and two decision operations; the first bug and first decision dead-lettered."""
+    bugs = make_journal(path, 4)
+    decisions = make_journal(path, 2, category="decision")
+    j = Journal(path)
+    j.open()
+    try:
+        leased, _ = j.lease(6)
+        by_id = {g.op.id: g.key for g in leased}
+        j.settle(Settlement(dead=[(by_id[bugs[0]], "rejected: 422 too long"), (by_id[decisions[0]], "gave up")],
+                            release=[k for i, k in by_id.items() if i not in (bugs[0], decisions[0])]))
+    finally:
+        j.close()
+    return bugs, decisions
+
+
+def test_status_text_shows_counts_by_category_priority_and_dead_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    journal = tmp_path / "agent.journal"
+    dead_journal(journal)
+    code, out, _ = run(["status", journal], capsys)
+    assert code == 0
+    assert "pending    4\n" in out and "dead       2\n" in out
+    assert "  bug                          3         0         1         0         0" in out
+    assert "  decision                     1         0         1         0         0" in out
+    assert "  medium                       4         0         2         0         0" in out
+    assert "dead letters by reason:\n         1  gave up\n         1  rejected: 422 too long\n" in out
+    code, out, _ = run(["status", journal, "--json"], capsys)
+    s = json.loads(out)
+    assert (s["pending"], s["dead"], s["collectors"], s["consumer_running"]) == (4, 2, [], False)
+
+
+def test_show_json_and_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    journal = tmp_path / "agent.journal"
+    bugs, _ = dead_journal(journal)
+    code, out, _ = run(["show", journal, bugs[0], "--json"], capsys)
+    row = json.loads(out)
+    assert code == 0 and row["state"] == "dead" and row["reason"] == "rejected: 422 too long"
+    assert row["op"]["content"] == "memory 0"
+    code, out, _ = run(["show", journal, bugs[1]], capsys)
+    assert code == 0 and "state        pending" in out and "created_at" in out and '"content": "memory 1"' in out
+
+
+def test_requeue_by_category_and_by_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    journal = tmp_path / "agent.journal"
+    bugs, decisions = dead_journal(journal)
+    code, out, err = run(["requeue", journal, "--category", "decision"], capsys)
+    assert (code, out, err) == (0, "requeued 1 dead operations to pending\n", "")
+    code, out, err = run(["requeue", journal, "--id", bugs[0], "--id", decisions[0]], capsys)
+    assert code == 1 and out == "requeued 1 dead operations to pending\n"
+    assert err == f"memwal-replay: not a dead letter in {journal}: {decisions[0]}\n"
+    s = counts(journal)
+    assert (s.pending, s.dead) == (6, 0)
+
+
+def test_export_to_a_directory_that_does_not_exist_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    journal = tmp_path / "agent.journal"
+    make_journal(journal, 2)
+    code, out, err = run(["export", journal, "--output", tmp_path / "missing" / "ops.jsonl"], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "No such file or directory" in err
+    code, out, err = run(["export", journal, "--output", tmp_path / "ops.jsonl", "--state", "pending"], capsys)
+    assert code == 0 and err == f"memwal-replay: exported 2 operations to {tmp_path / 'ops.jsonl'}\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if "ops" in p.name) == ["ops.jsonl"]  # no temporary left
+
+
+def test_export_that_fails_midway_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    journal = tmp_path / "agent.journal"
+    make_journal(journal, 2)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rec, "export_ops", broken)
+    assert main(["export", str(journal), "--output", str(tmp_path / "ops.jsonl")]) == 2
+    assert [p.name for p in tmp_path.iterdir() if "ops" in p.name] == []
+
+
+def test_import_of_a_missing_file_creates_no_journal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["import", tmp_path / "new.journal", tmp_path / "nope.jsonl", "--create"], capsys)
+    assert code == 2 and err == f"memwal-replay: {tmp_path / 'nope.jsonl'}: No such file or directory\n"
+    assert not (tmp_path / "new.journal").exists()
+
+
+def test_a_directory_is_not_a_journal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["status", tmp_path], capsys)
+    assert code == 2 and err == (
+        f"memwal-replay: not a journal file (it is a directory or device) (journal {tmp_path})\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "line"),
+    [
+        (KeyboardInterrupt(), 130, "interrupted; leased operations were given back to the journal"),
+        (__import__("sqlite3").OperationalError("disk I/O error"), 2, "sqlite error: disk I/O error"),
+        (OSError("no space"), 2, "no space"),
+        (memwal.JournalError("cannot write: full", path="x.journal"), 2, "cannot write: full (journal x.journal)"),
+    ],
+    ids=["interrupt", "sqlite", "oserror", "journal"],
+)
+def test_failures_inside_a_command_are_one_line_with_their_exit_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    error: BaseException, code: int, line: str,
+) -> None:
+    journal = tmp_path / "agent.journal"
+    make_journal(journal, 1)
+
+    def fail(_: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(rec, "status", fail)
+    got, out, err = run(["status", journal], capsys)
+    assert got == code and out == "" and err == f"memwal-replay: {line}\n"
+
+
+def test_an_error_inside_a_task_group_is_reported_as_itself() -> None:
+    import anyio
+
+    from memwal.replay import _run_async
+
+    async def inner(_: Any) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.sleep, 0)
+            raise memwal.SinkRejected("no")
+
+    with pytest.raises(memwal.SinkRejected, match="no"):
+        _run_async(inner, None)  # type: ignore[arg-type]
+
+    async def two(_: Any) -> None:
+        raise ExceptionGroup("two failures", [ValueError("a"), KeyError("b")])
+
+    with pytest.raises(ExceptionGroup, match="two failures"):  # more than one: kept whole
+        _run_async(two, None)  # type: ignore[arg-type]
+
+
+def test_verbose_logs_each_operation_touched(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    journal = tmp_path / "agent.journal"
+    bugs, _ = dead_journal(journal)
+    code, _, err = run(["requeue", journal, "--id", bugs[0], "-v"], capsys)
+    assert code == 0 and f"memwal-replay: operation {bugs[0]} requeued from dead letters\n" in err
+    code, _, err = run(["requeue", journal, "--category", "decision"], capsys)
+    assert code == 0 and err == ""  # without -v: no per-operation lines
