@@ -492,7 +492,7 @@ def test_export_that_fails_midway_leaves_no_file(tmp_path: Path, monkeypatch: py
 
 def test_import_of_a_missing_file_creates_no_journal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(["import", tmp_path / "new.journal", tmp_path / "nope.jsonl", "--create"], capsys)
-    assert code == 2 and err == f"memwal-replay: {tmp_path / 'nope.jsonl'}: No such file or directory\n"
+    assert code == 2 and out == "" and err == f"memwal-replay: {tmp_path / 'nope.jsonl'}: No such file or directory\n"
     assert not (tmp_path / "new.journal").exists()
 
 
