@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -335,7 +336,7 @@ IDLE_CHILD = textwrap.dedent(
     async def main(path):
         async with memwal.AsyncMemoryCollector(path, MemorySink()):
             print("ready", flush=True)
-            sys.stdin.readline()  # wait, idle, until told to close (or killed)
+            await anyio.to_thread.run_sync(sys.stdin.readline)  # idle until told to close (or killed)
 
     anyio.run(main, sys.argv[1])
     """
@@ -364,6 +365,11 @@ def test_status_sees_a_live_idle_collector_and_not_a_killed_one(
         assert code == 0 and f"collector  1 alive: pid {proc.pid} on {socket.gethostname()}" in out
         code, out, _ = run(["status", journal, "--prometheus"], capsys)
         assert "memwal_journal_collectors_alive 1\n" in out
+        # The consumer's housekeeping refreshes the beat every INTERVAL seconds while idle.
+        deadline = time.monotonic() + 10 * heartbeat.INTERVAL
+        while (c := counts(journal).collectors[0]).seen_at == c.started_at:
+            assert time.monotonic() < deadline, "the heartbeat was never refreshed"
+            time.sleep(0.05)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
