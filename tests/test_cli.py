@@ -561,3 +561,23 @@ def test_verbose_logs_each_operation_touched(tmp_path: Path, capsys: pytest.Capt
     assert code == 0 and f"memwal-replay: operation {bugs[0]} requeued from dead letters\n" in err
     code, _, err = run(["requeue", journal, "--category", "decision"], capsys)
     assert code == 0 and err == ""  # without -v: no per-operation lines
+
+
+def test_a_replay_report_carries_the_last_error_and_what_remains(tmp_path: Path) -> None:
+    import anyio
+
+    from memwal import _redrive as redrive
+    from memwal.testing import FlakySink
+
+    journal = tmp_path / "agent.journal"
+    ids = make_journal(journal, 6)
+    j = rec.open_journal(journal)
+    try:
+        sink = FlakySink(fail_ids={ids[1], ids[4]})
+        report = anyio.run(lambda: redrive.replay(j, sink))
+        assert report.delivered == 4 and report.remaining == 2 and report.failed == sorted([ids[1], ids[4]])
+        assert report.last_error is not None and "flaky sink unavailable" in report.last_error
+        clean = anyio.run(lambda: redrive.replay(j, FlakySink()))
+        assert clean.ok and clean.remaining == 0 and clean.last_error is None and clean.delivered == 2
+    finally:
+        j.close()
