@@ -395,3 +395,43 @@ def test_a_mem0_example_gets_the_dev_server_on_a_free_port(tmp_path: Path) -> No
         assert runner.servers and runner.servers[0].port != "8888"
     finally:
         runner.close()
+
+
+def test_a_background_block_runs_beside_the_blocks_that_continue_it(tmp_path: Path) -> None:
+    sample = (
+        "<!-- test: background -->\n"
+        "```python\n"
+        "import pathlib, time\n"
+        "pathlib.Path('up').write_text('yes')\n"
+        "time.sleep(3600)  # a delivery process runs until stopped\n"
+        "```\n"
+        "<!-- test: continue; timeout: 30 -->\n"
+        "```python\n"
+        "import pathlib, time\n"
+        "deadline = time.monotonic() + 25\n"
+        "while not pathlib.Path('up').exists():\n"
+        "    assert time.monotonic() < deadline\n"
+        "    time.sleep(0.01)\n"
+        "```\n"
+    )
+    (chain,) = chains(blocks(sample))
+    assert [b.directives for b in chain] == [{"background": ""}, {"continue": "", "timeout": "30"}]
+    runner = Runner(tmp_path)
+    try:
+        for b in chain:
+            runner.run(b)
+        (proc,) = runner.background
+        assert proc.poll() is None  # still running beside the second block
+    finally:
+        runner.close()
+    assert proc.returncode is not None  # stopped after the chain
+
+
+def test_a_config_block_must_load(tmp_path: Path) -> None:
+    good = blocks("```yaml\nmemory:\n  cache: {ttl_seconds: 60}\n```\n")[0]
+    Runner(tmp_path).run(good)
+    bad = blocks("```toml\n[async_collection]\nbatch_sise = 3\n```\n")[0]
+    import memwal
+
+    with pytest.raises(memwal.ConfigError, match="batch_sise"):
+        Runner(tmp_path).run(bad)
