@@ -1,11 +1,25 @@
-"""memwal: durable, non-blocking memory collection for AI-agent workflows.
+"""memwal: durable, non-blocking memory collection for AI agents.
 
-Layers (each imports only from the ones below it):
-    entry points    replay (memwal-replay), testing (public doubles)
-    orchestration   _sync -> _collector -> _consumer, _reads, _health (health, alerts, metrics), _stats
-    adapters        _journal (SQLite WAL), _sinks/ (sqlite, fallback, mem0)
-    pure leaves     _retry, _breaker, _throttle, _schema, _adaptive, _metrics, _cache
-    foundations     _records, _config, _errors
+``collect()`` writes a memory to a SQLite journal on your thread and returns in
+microseconds; a background consumer delivers it to a sink (SQLite, mem0, or a
+fallback chain), retrying with backoff behind a circuit breaker, and removes it from
+the journal only once the sink has it. A crash loses nothing: the next collector, or
+``memwal-replay``, delivers what is left.
+
+Example:
+    >>> import memwal
+    >>> async with memwal.AsyncMemoryCollector("agent.journal", memwal.SQLiteSink("memories.db")) as c:
+    ...     op_id = await c.collect_async("bug", "NPE in the parser on empty input")
+    ...     await c.flush_queue()
+
+    >>> with memwal.MemoryCollector("agent.journal", memwal.SQLiteSink("memories.db")) as c:
+    ...     c.collect("decision", "use SQLite for the journal", {"by": "alice"}, "high")
+
+Main names: ``AsyncMemoryCollector`` and ``MemoryCollector`` (collect, read back,
+flush, health), the sinks ``SQLiteSink``, ``Mem0Sink``, ``FallbackSink`` (and ``Sink``
+to write your own), ``load_config`` and ``Config``, ``metrics_text``; errors derive
+from ``MemwalError``. Test doubles live in ``memwal.testing``. The command line tool
+``memwal-replay`` inspects, replays, repairs and compacts a journal.
 """
 
 from __future__ import annotations
@@ -71,3 +85,35 @@ __all__ = [
     "load_config",
     "metrics_text",
 ]
+
+
+def _show_as_public() -> None:
+    """Make every public class and function name itself ``memwal.X`` (in reprs,
+    tracebacks and help), not the private module that defines it.
+
+    A class's string annotations are evaluated first: msgspec and
+    ``typing.get_type_hints`` resolve them in the module its ``__module__`` names, and
+    names such as ``Any`` are not in ``memwal``. A class whose annotations cannot be
+    evaluated keeps its private module name (tests/test_api_docs.py reports it).
+    """
+    import inspect
+    import typing
+
+    for name in __all__:
+        obj = globals()[name]
+        if not getattr(obj, "__module__", "").startswith("memwal."):
+            continue  # __version__, or a name defined outside memwal
+        if isinstance(obj, type):
+            try:
+                for cls in obj.__mro__:
+                    own = inspect.get_annotations(cls)
+                    if own and cls.__module__.startswith("memwal") and any(isinstance(a, str) for a in own.values()):
+                        hints = typing.get_type_hints(cls, include_extras=True)
+                        cls.__annotations__ = {k: hints[k] for k in own}
+            except NameError:
+                continue
+        obj.__module__ = __name__
+
+
+_show_as_public()
+del _show_as_public

@@ -24,6 +24,13 @@ log = logging.getLogger("memwal")
 
 
 class BreakerState(enum.StrEnum):
+    """A circuit breaker's state: closed (calls go through), open (refused), half_open (one probe).
+
+    Example:
+        >>> memwal.CircuitBreaker("mem0").state
+        <BreakerState.CLOSED: 'closed'>
+    """
+
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"

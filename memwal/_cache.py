@@ -14,7 +14,7 @@ How staleness is ruled out (the reader in ``_reads.py`` relies on each point):
 - An entry holding operations read from the journal (still pending) is also dropped
   once any pending operation leaves the journal (delivered, dead-lettered, evicted):
   ``note_settled()``. So it never outlives a dead letter, and never shows a delivered
-  memory as unstored (``stored_at`` 0.0).
+  memory as unstored (``stored_at`` None).
 
 Invalidated entries are dropped lazily, on their next lookup or in LRU order; they
 are never served.
@@ -57,6 +57,11 @@ class CacheStatistics(msgspec.Struct, frozen=True, kw_only=True):
 
     ``evictions`` counts entries pushed out by the entry or byte bound; ``expired``
     those dropped past the TTL; ``invalidated`` those found stale at lookup.
+
+    Example:
+        >>> s = memwal.MemoryCache().statistics()
+        >>> s.hits, s.misses
+        (0, 0)
     """
 
     hits: int

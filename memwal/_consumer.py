@@ -22,6 +22,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from . import _heartbeat as heartbeat
 from ._adaptive import AdaptiveBatcher
 from ._breaker import CircuitBreaker, breaker_for, breakers_of, retry_in
 from ._config import AsyncCollectionConfig, Config
@@ -260,6 +261,7 @@ class Consumer:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         await anyio.to_thread.run_sync(self.journal.recover)
+        await self._beat()
         try:
             async with anyio.create_task_group() as tg:
                 self.task_group = tg
@@ -278,6 +280,7 @@ class Consumer:
                 released = await anyio.to_thread.run_sync(self.journal.release_mine)
                 if released:
                     log.info("released %d leased operations at shutdown; they stay in the journal", released)
+                await self._beat(leave=True)
             self._idle.set()
 
     async def stop(self, timeout: float) -> None:
@@ -609,6 +612,8 @@ class Consumer:
             try:
                 await self._checkpoint(idle)
                 await anyio.to_thread.run_sync(self.journal.refresh_depth)
+                if tick % int(heartbeat.INTERVAL) == 0:
+                    await self._beat()
                 if tick % 5 == 0:
                     await anyio.to_thread.run_sync(self.journal.recover)
                 if self.config.journal.retention_seconds > 0 and tick % 10 == 0:
@@ -616,6 +621,13 @@ class Consumer:
             except Exception as exc:  # noqa: BLE001  (a chore failing must not stop delivery)
                 self.counters.fault("housekeeping", exc)
                 log.warning("journal housekeeping failed: %s", exc)
+
+    async def _beat(self, *, leave: bool = False) -> None:
+        """Refresh (or at close remove) this collector's heartbeat; a failure is logged, never raised."""
+        try:
+            await anyio.to_thread.run_sync(heartbeat.leave if leave else heartbeat.beat, self.journal)
+        except Exception as exc:  # noqa: BLE001  (liveness is advisory: delivery must go on)
+            log.warning("journal heartbeat failed: %s", exc)
 
     async def _reconciler(self) -> None:
         """Send rows a fallback holds to the primary; a failed round is logged, counted and retried."""

@@ -28,7 +28,14 @@ __all__ = [
 
 
 class MemwalError(Exception):
-    """The root of every error memwal raises on purpose."""
+    """The root of every error memwal raises on purpose.
+
+    Example:
+        >>> try:
+        ...     collector.collect("bug", "NPE in the parser")
+        ... except memwal.MemwalError as exc:
+        ...     log.warning("memory not collected: %s", exc)
+    """
 
 
 class ConfigError(MemwalError, ValueError):
@@ -36,6 +43,11 @@ class ConfigError(MemwalError, ValueError):
 
     The message starts with the key path, for example
     ``memory.async_collection.batch_sise: unknown key``.
+
+    Example:
+        >>> memwal.load_config({"journal": {"busy_timeout": -1}})
+        Traceback (most recent call last):
+        memwal.ConfigError: journal.busy_timeout: ...
     """
 
     def __init__(self, message: str, *, path: str = "") -> None:
@@ -48,6 +60,11 @@ class InvalidOperation(MemwalError, ValueError):
     """An argument of ``collect`` is invalid; the operation was not written.
 
     ``field`` names the argument (``category``, ``metadata.when`` ...).
+
+    Example:
+        >>> collector.collect("bug", "")
+        Traceback (most recent call last):
+        memwal.InvalidOperation: content: ...
     """
 
     def __init__(self, field: str, message: str) -> None:
@@ -59,6 +76,11 @@ class JournalError(MemwalError):
     """The journal at ``path`` cannot be opened, read or written.
 
     When ``collect`` raises it, the operation was not stored.
+
+    Example:
+        >>> memwal.MemoryCollector("/no/such/dir/agent.journal", sink)
+        Traceback (most recent call last):
+        memwal.JournalError: cannot open: the directory does not exist (journal /no/such/dir/agent.journal)
     """
 
     def __init__(self, message: str, *, path: str = "") -> None:
@@ -67,7 +89,16 @@ class JournalError(MemwalError):
 
 
 class QueueFull(MemwalError):
-    """The journal holds ``max_queue_size`` undelivered operations; nothing was written."""
+    """The journal holds ``max_queue_size`` undelivered operations; nothing was written.
+
+    ``depth`` and ``limit`` are the counts; ``waited`` how long collect waited for room.
+
+    Example:
+        >>> try:
+        ...     collector.collect("bug", "NPE in the parser")
+        ... except memwal.QueueFull as exc:
+        ...     print(exc.depth, exc.limit)
+    """
 
     def __init__(self, depth: int, limit: int, *, waited: float = 0.0) -> None:
         self.depth = depth
@@ -81,13 +112,22 @@ class QueueFull(MemwalError):
 
 
 class SinkError(MemwalError):
-    """A sink could not deliver; subclasses say whether to retry."""
+    """A sink could not deliver; subclasses say whether to retry.
+
+    Example:
+        >>> class MySink(memwal.Sink):
+        ...     async def deliver(self, ops):
+        ...         raise memwal.SinkUnavailable("backend down")  # a SinkError: the consumer retries
+    """
 
 
 class SinkUnavailable(SinkError):
     """Transient failure: the operations are retried later.
 
     ``retry_after`` (seconds) is a server's request to wait at least that long.
+
+    Example:
+        >>> raise memwal.SinkUnavailable("HTTP 503", retry_after=30.0)
     """
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
@@ -96,8 +136,18 @@ class SinkUnavailable(SinkError):
 
 
 class CircuitOpen(SinkUnavailable):
-    """The sink's circuit breaker is open: the call was not made, no attempt is used."""
+    """The sink's circuit breaker is open: the call was not made, no attempt is used.
+
+    Example:
+        >>> breaker = memwal.CircuitBreaker("mem0")
+        >>> if not breaker.allow():
+        ...     raise memwal.CircuitOpen("mem0 circuit breaker is open")
+    """
 
 
 class SinkRejected(SinkError):
-    """Permanent failure: the backend will never accept the operation; it is dead-lettered."""
+    """Permanent failure: the backend will never accept the operation; it is dead-lettered.
+
+    Example:
+        >>> raise memwal.SinkRejected("HTTP 422: content too long")
+    """

@@ -73,6 +73,11 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     sharing the journal. ``cache_hit_rate`` is None without a read cache,
     ``memory_bytes`` None where the platform cannot tell, the latencies None with
     ``health.metrics: false``.
+
+    Example:
+        >>> h = collector.health()
+        >>> h.status, h.reasons
+        ('ok', ())
     """
 
     status: Status

@@ -106,7 +106,12 @@ class RemovalWatch:
 
 
 class JournalCounts(msgspec.Struct, frozen=True, kw_only=True):
-    """Rows by state, read from the journal (so every process is counted)."""
+    """Rows by state, read from the journal (so every process is counted).
+
+    Example:
+        >>> collector.journal.counts().pending
+        3
+    """
 
     pending: int = 0
     leased: int = 0

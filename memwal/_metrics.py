@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
 if TYPE_CHECKING:
+    from ._collector import AsyncMemoryCollector
     from ._health import Health, Histogram
+    from ._sync import MemoryCollector
 
 __all__ = ["MetricFamily", "Sample", "families", "journal_families", "metrics_text", "render"]
 
@@ -159,8 +161,8 @@ def journal_families(
     return fams
 
 
-def metrics_text(collector: Any) -> str:
-    """The collector's health() in the Prometheus text exposition format (0.0.4).
+def metrics_text(collector: AsyncMemoryCollector | MemoryCollector) -> str:
+    """The collector's ``health()`` in the Prometheus text exposition format (0.0.4).
 
     Example:
         >>> print(memwal.metrics_text(collector))   # serve it on /metrics

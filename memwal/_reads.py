@@ -95,7 +95,7 @@ def merge_recent(pending: Sequence[Memory], stored: Sequence[Memory], limit: int
 
 
 def as_memory(op: MemoryOperation) -> Memory:
-    """A journal operation as a Memory (``stored_at`` 0.0: not stored yet)."""
+    """A journal operation as a Memory (``stored_at`` None: not stored yet)."""
     return Memory(**msgspec.structs.asdict(op))
 
 

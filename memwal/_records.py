@@ -62,7 +62,13 @@ class MemoryCategory(enum.StrEnum):
 
 
 class Priority(enum.StrEnum):
-    """Delivery priority: the consumer leases higher priorities first, FIFO within one."""
+    """Delivery priority: the consumer leases higher priorities first, FIFO within one.
+
+    Example:
+        >>> collector.collect("decision", "ship on Friday", priority=memwal.Priority.HIGH)
+        >>> memwal.Priority("low").rank
+        3
+    """
 
     CRITICAL = "critical"
     HIGH = "high"
@@ -111,10 +117,15 @@ class MemoryOperation(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 class Memory(MemoryOperation, frozen=True, kw_only=True):
     """A memory as a sink holds it: the operation plus when it was stored.
 
-    ``stored_at`` is 0.0 for an operation still in the journal (read-your-writes).
+    ``stored_at`` (Unix seconds) is None for an operation still in the journal, not
+    yet delivered (reads see your writes before the sink has them).
+
+    Example:
+        >>> m = await collector.get(op_id)
+        >>> "delivered" if m.stored_at is not None else "still in the journal"
     """
 
-    stored_at: float = 0.0
+    stored_at: float | None = None
 
 
 _encoder = msgspec.json.Encoder()

@@ -8,10 +8,13 @@ compaction live in ``_repair``, redelivery in ``_redrive``.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -19,16 +22,19 @@ import msgspec
 
 from ._config import JournalConfig
 from ._errors import InvalidOperation, JournalError
+from ._heartbeat import CollectorSeen, collectors
 from ._journal import Journal, _check_row, owner_is_gone
-from ._records import PRIORITY_BY_RANK, MemoryOperation, id_to_seq, validate
-from ._schema import APPLICATION_ID, RANK_SHIFT, SCHEMA_VERSION
+from ._records import PRIORITY_BY_RANK, MemoryOperation, encode_op, id_to_seq, validate
+from ._schema import APPLICATION_ID, INSERT_OP, RANK_SHIFT, SCHEMA_VERSION, SEQ_MASK
 
 __all__ = [
     "STATES",
     "UNDELIVERED",
+    "ImportProgress",
     "ImportReport",
     "OpRow",
     "StatusReport",
+    "count_ops",
     "export_ops",
     "import_ops",
     "list_ops",
@@ -148,7 +154,8 @@ def _priority(k: int) -> str:
 
 class StatusReport(msgspec.Struct, frozen=True, kw_only=True):
     """What a journal holds. ``recoverable``: leased rows whose lease is expired or
-    whose owner process is gone; ``live_leases``: rows a running consumer holds."""
+    whose owner process is gone; ``live_leases``: rows a running collector has leased;
+    ``collectors``: the heartbeat of every collector seen recently, alive or not."""
 
     journal: str
     schema_version: int
@@ -156,7 +163,8 @@ class StatusReport(msgspec.Struct, frozen=True, kw_only=True):
     leased: int
     recoverable: int
     live_leases: int
-    consumer_running: bool
+    consumer_running: bool  # a collector's heartbeat is fresh, or a live process holds leases
+    collectors: list[CollectorSeen]
     dead: int
     delivered: int
     held: int
@@ -203,6 +211,8 @@ def status(journal: Journal) -> StatusReport:
         if table == "ops":
             live += fresh if alive else 0
             recoverable += n - (fresh if alive else 0)
+    seen = collectors(journal)
+    running = running or any(c.alive for c in seen)
     oldest = journal.oldest_pending()
     reasons = dict(journal._read("SELECT reason, count(*) FROM dead GROUP BY reason ORDER BY 2 DESC, 1"))
     version = journal._read("PRAGMA user_version")[0][0]
@@ -214,6 +224,7 @@ def status(journal: Journal) -> StatusReport:
         recoverable=recoverable,
         live_leases=live,
         consumer_running=running,
+        collectors=seen,
         dead=totals["dead"],
         delivered=totals["delivered"],
         held=totals["held"],
@@ -315,6 +326,21 @@ def list_ops(
     return out
 
 
+def count_ops(journal: Journal, *, states: Sequence[str] = UNDELIVERED, category: str | None = None) -> int:
+    """How many rows of ``states`` (of one category) there are: what ``list_ops`` would
+    return without a limit. One statement, so one snapshot.
+
+    Example:
+        >>> count_ops(journal, states=["dead"])
+        3
+    """
+    extra, params = (" AND category = ?", [category]) if category is not None else ("", [])
+    sql = " UNION ALL ".join(
+        f"SELECT count(*) FROM {STATES[s][0]} WHERE {STATES[s][1]}{extra}" for s in states
+    )
+    return sum(int(n) for (n,) in journal._read(sql, params * len(states))) if states else 0
+
+
 def show_op(journal: Journal, op_id: str) -> OpRow | None:
     """The row holding operation ``op_id`` in any state, or None.
 
@@ -369,41 +395,111 @@ class ImportReport(msgspec.Struct, frozen=True, kw_only=True):
     errors: list[tuple[int, str]]
 
 
+class ImportProgress(msgspec.Struct, frozen=True, kw_only=True):
+    """Counts so far; ``read_bytes`` of the input (``total_bytes`` when known)."""
+
+    read_bytes: int
+    total_bytes: int | None
+    imported: int
+    skipped: int
+    errors: int
+
+
 _line_decoder = msgspec.json.Decoder(dict[str, Any])
+# Every table's rows under an id's four keys (one per priority): present, or a key clash.
+# (json_each drives: one primary-key probe per key, no temporary index of the keys.)
+_PRESENT = " UNION ALL ".join(
+    f"SELECT t.k, t.id FROM json_each(?1) AS j CROSS JOIN {t} AS t ON t.k = j.value"
+    for t in ("ops", "dead", "done", "held")
+)
 
 
-def import_ops(journal: Journal, lines: IO[bytes], *, max_content_bytes: int = 1 << 20) -> ImportReport:
+def import_ops(
+    journal: Journal,
+    lines: IO[bytes],
+    *,
+    max_content_bytes: int = 1 << 20,
+    total_bytes: int | None = None,
+    progress: Callable[[ImportProgress], None] | None = None,
+) -> ImportReport:
     """Append each JSON line's operation as pending, keeping its id.
 
     An id already in the journal (in any state) is skipped; a bad line is reported
-    with its number and writes nothing.
+    with its number and writes nothing. Lines are written ``_PAGE`` to a
+    transaction (an interrupted import keeps whole pages; importing again skips
+    them); ``progress`` is called after each page.
 
     Example:
         >>> with open("backup.jsonl", "rb") as f:
         ...     import_ops(journal, f).imported
     """
     imported, skipped, errors = 0, [], []
+    page: list[tuple[int, str, int, tuple[Any, ...]]] = []
+    read = 0
+
+    def flush() -> None:
+        nonlocal imported
+        done, present, clashes = journal._write(functools.partial(_insert_page, page))
+        imported += done
+        skipped.extend(present)
+        errors.extend(clashes)
+        page.clear()
+        if progress is not None:
+            progress(ImportProgress(read_bytes=read, total_bytes=total_bytes, imported=imported,
+                                    skipped=len(skipped), errors=len(errors)))
+
     for n, line in enumerate(lines, 1):
+        read += len(line)
         if not line.strip():
             continue
         try:
-            op_id, fields = _parse_line(line, max_content_bytes)
+            page.append((n, *_parse_line(line, max_content_bytes)))
         except InvalidOperation as exc:
             errors.append((n, str(exc)))
             continue
-        if _id_present(journal, op_id):
-            skipped.append(op_id)
-            continue
-        try:
-            journal.append(*fields, op_id=op_id)
-        except InvalidOperation:  # another id with the same key (same microsecond and priority)
-            errors.append((n, f"id: {op_id} has the journal key of another operation"))
-            continue
-        imported += 1
+        if len(page) >= _PAGE:
+            flush()
+    flush()
+    journal.refresh_depth()
+    errors.sort()
     return ImportReport(imported=imported, skipped=skipped, errors=errors)
 
 
-def _parse_line(line: bytes, max_content_bytes: int) -> tuple[str, tuple[Any, ...]]:
+def _insert_page(
+    page: Sequence[tuple[int, str, int, tuple[Any, ...]]], c: sqlite3.Connection
+) -> tuple[int, list[str], list[tuple[int, str]]]:
+    """Insert a page of parsed lines in the caller's transaction: (inserted, present ids, clashes)."""
+    keys = json.dumps([(rank << RANK_SHIFT) | seq for _, _, seq, _ in page for rank in range(4)])
+    # The ids already under any of the page's keys, in any table: one statement per table.
+    taken: dict[int, set[str]] = {}
+    for k, op_id in c.execute(_PRESENT, (keys,)):
+        taken.setdefault(k & SEQ_MASK, set()).add(op_id)
+    rows, present, clashes = [], [], []
+    for n, op_id, seq, (category, content, metadata, priority, tags, project) in page:
+        ids = taken.setdefault(seq, set())
+        if op_id in ids:
+            present.append(op_id)
+            continue
+        if ids:  # another id under one of this id's keys: same microsecond and random bits
+            clashes.append((n, f"id: {op_id} has the journal key of another operation"))
+            continue
+        created_at = (seq >> 8) / 1e6
+        payload = encode_op(
+            MemoryOperation(
+                id=op_id, category=category, content=content, metadata=metadata, priority=priority,
+                tags=tags, project=project, created_at=created_at,
+            )
+        )
+        rows.append(((priority.rank << RANK_SHIFT) | seq, op_id, category, created_at, zlib.crc32(payload), payload))
+        ids.add(op_id)
+    # No key clashes inside the page (taken says so) and none from outside (the caller's
+    # BEGIN IMMEDIATE holds the write lock): one statement for the page.
+    c.executemany(INSERT_OP, rows)
+    return len(rows), present, clashes
+
+
+def _parse_line(line: bytes, max_content_bytes: int) -> tuple[str, int, tuple[Any, ...]]:
+    """(id, its sequence number, validated fields) of one exported line; InvalidOperation names the field."""
     try:
         obj = _line_decoder.decode(line)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -411,7 +507,10 @@ def _parse_line(line: bytes, max_content_bytes: int) -> tuple[str, tuple[Any, ..
     op_id = obj.get("id")
     if not isinstance(op_id, str):
         raise InvalidOperation("id", f"must be a memwal operation id, got {op_id!r}")
-    _keys(op_id)
+    try:
+        seq = id_to_seq(op_id)
+    except ValueError as exc:
+        raise InvalidOperation("id", str(exc)) from None
     if "category" not in obj or "content" not in obj:
         raise InvalidOperation("category" if "category" not in obj else "content", "is missing")
     fields = validate(
@@ -423,14 +522,7 @@ def _parse_line(line: bytes, max_content_bytes: int) -> tuple[str, tuple[Any, ..
         obj.get("project"),
         max_content_bytes=max_content_bytes,
     )
-    return op_id, fields
-
-
-def _id_present(journal: Journal, op_id: str) -> bool:
-    sql = " UNION ALL ".join(
-        f"SELECT 1 FROM {t} WHERE k IN (?, ?, ?, ?) AND id = ?" for t in ("ops", "dead", "done", "held")
-    )
-    return bool(journal._read(sql, [*_keys(op_id), op_id] * 4))
+    return op_id, seq, fields
 
 
 # -- requeue -----------------------------------------------------------------------

@@ -15,7 +15,7 @@ import msgspec
 from ._breaker import breaker_for
 from ._config import Config
 from ._consumer import group_by_category, plan_with
-from ._errors import ConfigError, SinkUnavailable
+from ._errors import CircuitOpen, ConfigError, InvalidOperation, SinkUnavailable
 from ._journal import Journal, owner_is_gone
 from ._recovery import _PAGE, requeue
 from ._sinks.base import Sink
@@ -88,8 +88,10 @@ class ReplayProgress(msgspec.Struct, frozen=True, kw_only=True):
 
 class ReplayReport(msgspec.Struct, frozen=True, kw_only=True):
     """One replay run. ``waiting``: selected rows still in backoff after a failure;
-    ``live_leased``: rows a running consumer holds (never touched); ``failed``: ids
-    this run tried that are not delivered (waiting or dead)."""
+    ``live_leased``: rows a running collector has leased (never touched); ``failed``:
+    ids this run tried that are not delivered (waiting or dead); ``remaining``: the
+    selected rows still undelivered in the journal when the run ended (tried or not,
+    ``live_leased`` included); ``last_error``: the sink's last failure, if any."""
 
     dry_run: bool
     selected: int
@@ -102,6 +104,8 @@ class ReplayReport(msgspec.Struct, frozen=True, kw_only=True):
     by_category: dict[str, int]
     failed: list[str]
     stopped: str | None = None
+    remaining: int = 0
+    last_error: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -156,6 +160,10 @@ async def replay(
         >>> async with SQLiteSink("memories.db") as sink:
         ...     report = await replay(open_journal("agent.journal"), sink, include_dead=True)
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidOperation("batch_size", f"must be an int of at least 1, got {batch_size!r}")
+    if rate is not None and not rate > 0:  # also refuses NaN
+        raise InvalidOperation("rate", f"must be above 0 operations per second, got {rate!r}")
     config = config or Config()
     ready, _, live = _selection(journal, category, include_dead)
     if dry_run:
@@ -182,7 +190,7 @@ async def replay(
     finally:  # interrupted or not, no row stays leased by this run
         journal.release_mine()
     failed = set(run.dead_ids) | _ids_in_ops(journal, sorted(run.failed))
-    _, waiting, live = _selection(journal, category, False)
+    left, waiting, live = _selection(journal, category, False)
     return ReplayReport(
         dry_run=False,
         selected=run.total,
@@ -195,6 +203,8 @@ async def replay(
         by_category=ready,
         failed=sorted(failed),
         stopped=run.stopped,
+        remaining=sum(left.values()) + live,
+        last_error=run.last_error,
     )
 
 
@@ -244,6 +254,7 @@ class _Run:
         self.failed: set[int] = set()
         self.dead_ids: list[str] = []
         self.stopped: str | None = None
+        self.last_error: str | None = None  # the sink's, for the operator (never a breaker refusal)
 
     async def drain(self, category: str | None) -> None:
         while True:
@@ -297,6 +308,10 @@ class _Run:
             self.dead_ids.append(ids[k])
         for k, err, _ in s.retry:
             log.info("operation %s not delivered, will retry: %s", ids[k], err)
+        if not isinstance(outcome, CircuitOpen):
+            self.last_error = next((e for _, e, _ in reversed(s.retry)), None) or next(
+                (r for _, r in reversed(s.dead)), self.last_error
+            )
         if self.progress is not None:
             self.progress(
                 ReplayProgress(

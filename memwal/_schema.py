@@ -4,7 +4,8 @@ Layout: ``ops`` holds undelivered operations (pending and leased) keyed by
 ``k = priority rank << 60 | seq``, so the table's own B-tree is the lease order and an
 append writes exactly one B-tree. Rows leave ``ops`` for ``dead`` (dead letters),
 ``done`` (delivered, kept for ``retention_seconds``) or ``held`` (delivered to a
-fallback sink, waiting to be reconciled to the primary).
+fallback sink, waiting to be reconciled to the primary). ``collectors`` holds one
+heartbeat row per running collector.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 __all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "STATE_LEASED", "STATE_PENDING"]
 
 APPLICATION_ID = 0x4D57414C  # "MWAL"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # ops.state values; dead, delivered and held rows live in their own tables.
 STATE_PENDING = 0
@@ -61,6 +62,15 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             last_error TEXT,
             {_COMMON})""",
         "CREATE INDEX done_delivered_at ON done(delivered_at)",
+    ),
+    # One row per running collector, refreshed by its consumer's housekeeping and
+    # removed at close, so ``memwal-replay status`` can tell a live idle collector
+    # from none (see _heartbeat).
+    2: (
+        """CREATE TABLE collectors (
+            owner TEXT PRIMARY KEY,
+            started_at REAL NOT NULL,
+            seen_at REAL NOT NULL)""",
     ),
 }
 

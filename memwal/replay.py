@@ -1,9 +1,15 @@
-"""memwal-replay: see what a journal holds, redrive it to a sink, repair and compact it.
+"""memwal-replay: see what a journal holds, deliver it to a sink, repair and compact it.
 
-Each subcommand opens the journal, calls one library function (``memwal._recovery``,
-``_redrive`` or ``_repair``) and prints. Exit codes: 0 success, 1 problems found (verify, import, export) or some
-operations failed (replay, requeue), 2 usage or I/O error (missing file, not a
-journal, newer schema, journal locked, unknown id), 130 interrupted.
+Run it beside a running collector or after one crashed: it never touches operations
+a live collector has leased, and every write is a short transaction. Commands:
+status, list, show, replay, requeue, export, import, verify, compact
+(``memwal-replay COMMAND --help`` shows each with an example).
+
+Exit codes: 0 success; 1 some operations were not delivered (replay), not requeued
+(requeue), not written (import, export) or are damaged (verify); 2 a bad option or a
+journal that cannot be used (missing, not a journal, newer schema, locked), or an
+unknown id; 130 interrupted; 141 output cut short by a closed pipe (``| head``), quietly,
+as SIGPIPE would.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import argparse
 import contextlib
 import datetime
 import logging
+import math
 import os
 import sqlite3
 import sys
@@ -19,11 +26,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import msgspec
 
+from . import __version__
 from . import _recovery as rec
 from . import _redrive as redrive
 from . import _repair as repair
@@ -74,15 +82,12 @@ def _print_status(s: rec.StatusReport) -> None:
     _out(
         f"journal    {s.journal} (schema {s.schema_version}; {s.journal_bytes} bytes, WAL {s.wal_bytes} bytes)"
     )
-    running = (
-        f"running ({s.live_leases} operations under live leases)" if s.consumer_running else "not running"
-    )
-    _out(f"consumer   {running}")
+    _out(f"collector  {_collectors(s)}")
     _out(f"pending    {s.pending}")
     _out(f"leased     {s.leased} ({s.recoverable} recoverable: lease expired or its process is gone)")
     _out(f"dead       {s.dead}")
     _out(f"delivered  {s.delivered} (retained)")
-    _out(f"held       {s.held} (delivered to a fallback, awaiting reconciliation)")
+    _out(f"held       {s.held} (delivered to a fallback sink, awaiting reconciliation to the primary)")
     if s.oldest_pending_age_seconds is None:
         _out("oldest     none undelivered")
     else:
@@ -98,6 +103,24 @@ def _print_status(s: rec.StatusReport) -> None:
         _out("\ndead letters by reason:")
         for reason, n in s.dead_by_reason.items():
             _out(f"  {n:>8}  {reason}")
+
+
+def _collectors(s: rec.StatusReport) -> str:
+    """Which collectors are alive on the journal, by heartbeat (and leases, for older ones)."""
+    now = time.time()
+    alive = [c for c in s.collectors if c.alive]
+    if alive:
+        who = ", ".join(f"{_who(c.owner)} (seen {max(0.0, now - c.seen_at):.0f}s ago)" for c in alive)
+        return f"{len(alive)} alive: {who}"
+    if s.consumer_running:  # leases held by a live process that writes no heartbeat (an older memwal)
+        return f"alive ({s.live_leases} operations leased)"
+    gone = s.collectors[0] if s.collectors else None
+    return "none alive" + (f" (last: {_who(gone.owner)}, seen {_when(gone.seen_at)})" if gone else "")
+
+
+def _who(owner: str) -> str:
+    host, _, rest = owner.partition(":")
+    return f"pid {rest.partition(':')[0]} on {host}"
 
 
 def _gauge(name: str, help: str, samples: list[Sample]) -> MetricFamily:
@@ -141,7 +164,12 @@ def _families(s: rec.StatusReport) -> list[MetricFamily]:
             "Leased operations whose lease expired or whose process is gone.",
             [Sample(s.recoverable)],
         ),
-        _gauge("live_leases", "Operations leased by a running consumer.", [Sample(s.live_leases)]),
+        _gauge("live_leases", "Operations leased by a running collector.", [Sample(s.live_leases)]),
+        _gauge(
+            "collectors_alive",
+            "Collectors whose heartbeat on this journal is fresh.",
+            [Sample(sum(c.alive for c in s.collectors))],
+        ),
         _gauge(
             "oldest_pending_age_seconds",
             "Age of the oldest undelivered operation (0 when there is none).",
@@ -165,11 +193,20 @@ def _families(s: rec.StatusReport) -> list[MetricFamily]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    states = args.state or rec.UNDELIVERED
     with _journal(args) as j:
-        rows = rec.list_ops(j, states=args.state or rec.UNDELIVERED, category=args.category, limit=args.limit)
+        rows = rec.list_ops(j, states=states, category=args.category, limit=args.limit)
+        total = rec.count_ops(j, states=states, category=args.category) if len(rows) == args.limit else len(rows)
     if args.json:
         _out(_json(rows))
-        return 0
+    else:
+        _print_rows(rows)
+    if total > len(rows):
+        _err(f"listed {len(rows):,} of {total:,} operations; --limit N lists more")
+    return 0
+
+
+def _print_rows(rows: list[rec.OpRow]) -> None:
     _out(
         f"{'ID':<36}  {'STATE':<9}  {'CATEGORY':<14}  {'PRIORITY':<8}  {'TRIES':>5}  {'CREATED':<19}  DETAIL"
     )
@@ -180,7 +217,6 @@ def cmd_list(args: argparse.Namespace) -> int:
             f"{r.id:<36}  {r.state:<9}  {r.category:<14}  {r.priority:<8}  {r.attempts or 0:>5}  "
             f"{_when(r.created_at):<19}  {detail[:60]}"
         )
-    return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -228,10 +264,19 @@ class _Progress:
 
     def __call__(self, p: redrive.ReplayProgress) -> None:
         done = p.delivered + p.dead
-        counts = f"{done}/{p.total}  delivered {p.delivered}  retried {p.retried}  dead {p.dead}"
+        self.show(done, p.total, f"{done}/{p.total}  delivered {p.delivered}  retried {p.retried}  dead {p.dead}")
+
+    def imported(self, p: rec.ImportProgress) -> None:
+        counts = f"imported {p.imported}  skipped {p.skipped}  bad lines {p.errors}"
+        self.show(p.read_bytes, p.total_bytes or 0, counts)
+
+    def show(self, done: int, total: int, counts: str) -> None:
+        """Draw ``done`` of ``total`` (a bar only when ``total`` is known) and ``counts``."""
         if self.tty:
-            filled = 30 * min(done, p.total) // max(p.total, 1)
-            sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {counts}")
+            if total > 0:
+                filled = 30 * min(done, total) // total
+                counts = f"[{'#' * filled}{'.' * (30 - filled)}] {counts}"
+            sys.stderr.write(f"\r{counts}")
             sys.stderr.flush()
             self.drawn = True
         elif self.clock() - self.last >= 1.0:
@@ -241,6 +286,11 @@ class _Progress:
     def end(self) -> None:
         if self.drawn:
             sys.stderr.write("\n")
+            self.drawn = False
+
+
+# At most this many ids are named after a replay; the rest are counted (``list`` shows them).
+_NAMED = 10
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -269,25 +319,43 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     with _journal(args) as j:
         try:
-            r = anyio.run(run, j)
+            r = _run_async(run, j)
         finally:
             progress.end()
     if r.dry_run:
         cats = ", ".join(f"{c} {n}" for c, n in sorted(r.by_category.items())) or "none"
         _out(
             f"dry run: would deliver {r.selected} operations to {args.sink} ({cats});"
-            f" {r.live_leased} held by a running consumer are left alone; nothing was written"
+            f" {r.live_leased} leased by a running collector are left alone; nothing was written"
         )
         return 0
     _out(
         f"delivered {r.delivered}, retried {r.retried}, dead {r.dead}, requeued from dead {r.requeued};"
-        f" remaining: {r.waiting} waiting for a retry, {r.live_leased} held by a running consumer"
+        f" remaining in the journal: {r.remaining} ({r.waiting} waiting for a retry,"
+        f" {r.live_leased} leased by a running collector)"
     )
     if r.stopped:
-        _err(f"stopped early: {r.stopped}; the rest stay in the journal")
-    for op_id in r.failed:
+        _err(f"stopped early: {r.stopped}; last error: {r.last_error or 'none'}")
+    elif r.failed and r.last_error:
+        _err(f"last error: {r.last_error}")
+    for op_id in r.failed[:_NAMED]:
         _err(f"not delivered: {op_id} (see: {PROG} show {args.journal} {op_id})")
+    if len(r.failed) > _NAMED:
+        _err(f"... and {len(r.failed) - _NAMED} more not delivered (see: {PROG} list {args.journal})")
     return 0 if r.ok else 1
+
+
+def _run_async(fn: Callable[[Journal], Any], j: Journal) -> Any:
+    """``anyio.run``, with an error from inside a task group raised as itself, not as a group."""
+    try:
+        return anyio.run(fn, j)
+    except BaseExceptionGroup as group:
+        inner: BaseException = group
+        while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+            inner = inner.exceptions[0]
+        if inner is group:
+            raise
+        raise inner from group
 
 
 # -- requeue, export, import -------------------------------------------------------
@@ -332,14 +400,23 @@ def _export_file(j: Journal, path: Path, args: argparse.Namespace) -> tuple[int,
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    progress = _Progress(sys.stderr.isatty())
     with open(args.file, "rb") as f, _journal(args, create=args.create) as j:
-        r = rec.import_ops(j, f, max_content_bytes=j.config.max_content_bytes)
+        size = os.fstat(f.fileno()).st_size if Path(args.file).is_file() else None
+        try:
+            r = rec.import_ops(
+                j, f, max_content_bytes=j.config.max_content_bytes, total_bytes=size, progress=progress.imported
+            )
+        finally:
+            progress.end()
     _out(
         f"imported {r.imported} operations, skipped {len(r.skipped)} already in the journal,"
         f" {len(r.errors)} bad lines"
     )
-    for line, msg in r.errors:
+    for line, msg in r.errors[:_NAMED]:
         _err(f"{args.file}:{line}: {msg} (nothing written for this line)")
+    if len(r.errors) > _NAMED:
+        _err(f"... and {len(r.errors) - _NAMED} more bad lines (nothing written for them)")
     return 1 if r.errors else 0
 
 
@@ -408,15 +485,44 @@ EXAMPLES = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error: what was wrong and where the help is."""
+
+    def error(self, message: str) -> NoReturn:
+        message = message.removeprefix("argument ")
+        self.exit(2, f"{PROG}: {message} (see: {self.prog} --help)\n")
+
+
+def _number(kind: type[int | float], low: float, *, above: bool) -> Callable[[str], Any]:
+    """An argparse type: a ``kind`` number above ``low`` (or at least ``low``), else one clear line."""
+    bound = f"above {low:g}" if above else f"at least {low:g}"
+    what = "a whole number" if kind is int else "a number"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or math.isnan(value) or (value <= low if above else value < low):
+            raise argparse.ArgumentTypeError(f"must be {what} {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _number(int, 0, above=True)
+_positive_float = _number(float, 0, above=True)
+_seconds = _number(float, 0, above=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    common = argparse.ArgumentParser(add_help=False)
+    parser = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"{PROG} (memwal) {__version__}")
+    common = _Parser(add_help=False)
     common.add_argument("journal", metavar="JOURNAL", help="the journal file")
     common.add_argument(
         "--busy-timeout",
-        type=float,
+        type=_seconds,
         default=5.0,
         metavar="SECONDS",
         help="how long to wait for a lock held by another process (default 5)",
@@ -443,10 +549,10 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="one JSON object")
     fmt.add_argument("--prometheus", action="store_true", help="Prometheus text exposition")
-    p = add("list", cmd_list, "list operations (default: every undelivered state)")
+    p = add("list", cmd_list, "list operations (default: every undelivered state), at most --limit")
     p.add_argument("--state", action="append", choices=states, help="repeatable")
     p.add_argument("--category")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=_positive_int, default=100, metavar="N", help="at most N rows (default 100)")
     p.add_argument("--json", action="store_true", help="a JSON array")
     p = add("show", cmd_show, "one operation in full, with its state, attempts and errors")
     p.add_argument("id", metavar="ID")
@@ -460,8 +566,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--include-dead", action="store_true", help="requeue the selected dead letters first")
     p.add_argument("--category")
-    p.add_argument("--rate", type=float, metavar="N", help="at most N operations per second")
-    p.add_argument("--batch-size", type=int, default=100, metavar="N")
+    p.add_argument("--rate", type=_positive_float, metavar="N", help="at most N operations per second")
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=100, metavar="N", help="operations per sink call (default 100)"
+    )
     p.add_argument("--dry-run", action="store_true", help="show what would be delivered; write nothing")
     p.add_argument("--config", metavar="FILE", help="memwal config (retries, timeouts, breaker)")
     for opt, env in (
@@ -487,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("compact", cmd_compact, "delete delivered rows past retention, checkpoint, VACUUM")
     p.add_argument(
         "--retention",
-        type=float,
+        type=_seconds,
         default=0.0,
         metavar="SECONDS",
         help="keep delivered rows younger than this (default 0: delete all)",
@@ -514,16 +622,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     old_level = logger.level
     logger.setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # here, so a reader that went away is seen as a broken pipe below
+        return code
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as SIGPIPE would
+        with contextlib.suppress(OSError, ValueError):  # no flush at exit may raise again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except MemwalError as exc:
         _err(str(exc))
     except OSError as exc:
         _err(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc))
     except sqlite3.Error as exc:
         _err(f"sqlite error: {exc}")
-    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as shells do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
     except KeyboardInterrupt:
         _err("interrupted; leased operations were given back to the journal")
         return 130

@@ -91,7 +91,7 @@ async def test_a_pending_op_is_found_by_get_search_and_recent_while_the_sink_han
         old = c.collect("bug", "an older note about logging", project="p1")
         op_id = c.collect("bug", "Parser fails on EMPTY input", tags=["parser"], project="p1")
         got = await c.get(op_id)
-        assert got is not None and got.content == "Parser fails on EMPTY input" and got.stored_at == 0.0
+        assert got is not None and got.content == "Parser fails on EMPTY input" and got.stored_at is None
         assert ids(await c.search("parser empty")) == [op_id]
         assert ids(await c.search("parser", category="bug", tags=["parser"], project="p1")) == [op_id]
         assert await c.search("parser", category="feedback") == []
@@ -251,7 +251,7 @@ async def test_a_cached_pending_result_shows_the_stored_copy_after_delivery(jour
     async with AsyncMemoryCollector(journal_path, sink, config=cfg()) as c:
         op_id = c.collect("bug", "flaky network test")
         [pending] = await c.search("flaky")
-        assert pending.id == op_id and pending.stored_at == 0.0
+        assert pending.id == op_id and pending.stored_at is None
         sink.gate.set()
         await c.flush_queue(timeout=10)
         [stored] = await c.search("flaky")

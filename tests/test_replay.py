@@ -173,7 +173,7 @@ def test_replay_never_touches_rows_a_live_collector_holds(tmp_path: Path, store_
         assert r.returncode == 0, r.stderr
         held = {row["id"] for row in listed(journal, "leased")}
         assert len(held) == live["leased"]
-        assert f"{len(held)} held by a running consumer" in r.stdout
+        assert f"{len(held)} leased by a running collector" in r.stdout
         assert stored_ids(store_path) == set(ids) - held
     finally:
         kill(proc)
