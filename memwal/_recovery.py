@@ -20,7 +20,7 @@ import msgspec
 from ._config import JournalConfig
 from ._errors import InvalidOperation, JournalError
 from ._journal import Journal, _check_row, owner_is_gone
-from ._records import PRIORITY_BY_RANK, MemoryOperation, id_to_seq, validate
+from ._records import ANY_CATEGORY, PRIORITY_BY_RANK, MemoryOperation, id_to_seq, validate
 from ._schema import APPLICATION_ID, RANK_SHIFT, SCHEMA_VERSION
 
 __all__ = [
@@ -422,6 +422,7 @@ def _parse_line(line: bytes, max_content_bytes: int) -> tuple[str, tuple[Any, ..
         obj.get("tags"),
         obj.get("project"),
         max_content_bytes=max_content_bytes,
+        categories=ANY_CATEGORY,  # an exported row was accepted once; a typo check here would strand it
     )
     return op_id, fields
 
