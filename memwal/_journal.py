@@ -207,6 +207,8 @@ class Journal:
                 time.sleep(0.01)
             except sqlite3.DatabaseError as exc:
                 self._close_conns()
+                if _is_damage(exc):
+                    raise damaged(exc, self.path) from exc
                 raise JournalError(f"not a memwal journal ({exc})", path=str(self.path)) from exc
             except BaseException:
                 self._close_conns()
@@ -221,7 +223,11 @@ class Journal:
         except sqlite3.Error as exc:
             self._close_conns()
             raise JournalError(f"cannot open: {exc}", path=str(self.path)) from exc
-        self.refresh_depth()
+        try:
+            self.refresh_depth()
+        except JournalError:
+            self._close_conns()
+            raise
 
     def close(self) -> None:
         """Checkpoint and close; closing twice is a no-op."""
@@ -427,8 +433,7 @@ class Journal:
 
     def refresh_depth(self) -> int:
         """Count undelivered rows exactly and reset the back-pressure estimate."""
-        with self._rlock:
-            n = int(self._conn(self._r).execute("SELECT count(*) FROM ops").fetchone()[0])
+        n = int(self._read("SELECT count(*) FROM ops")[0][0])
         with self._wlock:
             self._set_depth(n)
         return n
@@ -483,7 +488,7 @@ class Journal:
         sql = LEASE_SELECT.format(extra="AND category = :cat" if category is not None else "")
         with self._clock_c:
             try:
-                rows = self._conn(self._c).execute(sql, {"now": now, "n": n, "cat": category}).fetchall()
+                rows = fetch_all(self._conn(self._c), sql, {"now": now, "n": n, "cat": category})
             except sqlite3.Error as exc:
                 raise JournalError(f"cannot read: {exc}", path=str(self.path)) from exc
         return rows, now
@@ -524,8 +529,11 @@ class Journal:
 
     def dead_letter(self, bad: Sequence[tuple[int, str, str]], now: float) -> None:
         """Move rows that failed their checksum or decode (``(key, id, reason)``) to dead."""
-        self._write(lambda c: _move_dead(c, [(k, r) for k, _, r in bad], now, table="ops", add_attempt=0),
-                    removes=[k for k, _, _ in bad])
+        def txn(c: sqlite3.Connection) -> None:
+            sanitize_rows(c, "ops", [k for k, _, _ in bad])
+            _move_dead(c, [(k, r) for k, _, r in bad], now, table="ops", add_attempt=0)
+
+        self._write(txn, removes=[k for k, _, _ in bad])
 
     def claim_statements(self, table: str, good: Sequence[LeasedOp], now: float) -> list[tuple[str, tuple[Any, ...], list[int]]]:
         """``(sql, params, keys)`` per chunk: each leases its keys that are still ready."""
@@ -641,7 +649,7 @@ class Journal:
     def _read_c(self, sql: str, params: Any) -> list[Any]:
         with self._clock_c:
             try:
-                return self._conn(self._c).execute(sql, params).fetchall()
+                return fetch_all(self._conn(self._c), sql, params)
             except sqlite3.Error as exc:
                 raise JournalError(f"cannot read: {exc}", path=str(self.path)) from exc
 
@@ -649,7 +657,7 @@ class Journal:
         """Lease rows a fallback holds, for reconciliation to the primary."""
         now = self.clock()
         with self._clock_c:
-            rows = self._conn(self._c).execute(LEASE_HELD, {"now": now, "n": n}).fetchall()
+            rows = fetch_all(self._conn(self._c), LEASE_HELD, {"now": now, "n": n})
         if not rows:
             return []
         good, bad = decode_rows(rows)
@@ -836,8 +844,10 @@ class Journal:
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         with self._rlock:
             try:
-                return self._conn(self._r).execute(sql, tuple(params)).fetchall()
+                return fetch_all(self._conn(self._r), sql, tuple(params))
             except sqlite3.Error as exc:
+                if _is_damage(exc):
+                    raise damaged(exc, self.path) from exc
                 raise JournalError(f"cannot read: {exc}", path=str(self.path)) from exc
 
     def counts(self) -> JournalCounts:
@@ -933,7 +943,12 @@ _RANK_KEY = {p: p.rank << RANK_SHIFT for p in Priority}
 _crc32 = zlib.crc32
 
 
-def _check_row(payload: bytes, crc: int) -> tuple[MemoryOperation | None, str]:
+def _check_row(payload: Any, crc: Any) -> tuple[MemoryOperation | None, str]:
+    """The row's operation, or None and why not. Never raises: any stored value is checked."""
+    if type(payload) is not bytes or type(crc) is not int:
+        if type(payload) is not bytes:
+            return None, f"payload stored as {_sql_type(payload)}, not BLOB"
+        return None, f"checksum stored as {_sql_type(crc)}, not INTEGER"
     if zlib.crc32(payload) != crc:
         return None, "checksum mismatch: the payload is damaged"
     try:
@@ -942,17 +957,102 @@ def _check_row(payload: bytes, crc: int) -> tuple[MemoryOperation | None, str]:
         return None, f"undecodable payload: {exc}"
 
 
+def _sql_type(value: Any) -> str:
+    return {str: "TEXT", int: "INTEGER", float: "REAL", bytes: "BLOB", type(None): "NULL"}.get(type(value), "?")
+
+
+def readable(text: Any) -> str:
+    """A stored id or category as printable text: bytes that were not UTF-8 as ``\\xNN``."""
+    if isinstance(text, str):
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(text, bytes):
+        return text.decode("utf-8", "backslashreplace")
+    return repr(text)
+
+
+def _row_damage(op: MemoryOperation, op_id: Any, attempts: Any) -> str:
+    """What is wrong with a row whose payload decoded (its other columns), or ""."""
+    if op.id != op_id:
+        if isinstance(op_id, str) and not op_id.isascii() and readable(op_id) != op_id:
+            return f"id column is not valid UTF-8 ({readable(op_id)!r}; the payload says {op.id})"
+        return f"id column {readable(op_id)!r} does not match the payload's id {op.id}"
+    if type(attempts) is not int:
+        return f"attempts stored as {_sql_type(attempts)}, not INTEGER"
+    return ""
+
+
 def decode_rows(rows: list[Any]) -> tuple[list[LeasedOp], list[tuple[int, str, str]]]:
-    """Check and decode ``select_ready`` rows: (leasable ops, ``(key, id, reason)`` of damaged rows)."""
+    """Check and decode ``select_ready`` rows: (leasable ops, ``(key, id, reason)`` of damaged rows).
+
+    A row is damaged when its checksum or payload is bad or a column holds the wrong
+    type or an id other than its payload's (bytes that are not UTF-8, for one).
+    """
     good: list[LeasedOp] = []
     bad: list[tuple[int, str, str]] = []
     for key, op_id, attempts, crc, payload in rows:
         op, reason = _check_row(payload, crc)
+        if op is not None and (op.id != op_id or type(attempts) is not int):
+            reason = _row_damage(op, op_id, attempts)
+            op = None
         if op is None:
-            bad.append((key, op_id, reason))
+            bad.append((key, readable(op_id), reason))
         else:
             good.append(LeasedOp(key, op, attempts))
     return good, bad
+
+
+def _is_damage(exc: sqlite3.Error) -> bool:
+    return "malformed" in str(exc) or "file is not a database" in str(exc)
+
+
+def damaged(exc: sqlite3.Error, path: Path) -> JournalError:
+    """One line for a file SQLite cannot parse, with the way out."""
+    return JournalError(
+        f"the journal file is damaged (SQLite: {exc}); `memwal-replay verify --salvage NEW.journal"
+        f" {path}` copies every row that can still be read into a new journal",
+        path=str(path),
+    )
+
+
+def _lenient(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def fetch_all(c: sqlite3.Connection, sql: str, params: Any = ()) -> list[Any]:
+    """``c.execute(sql, params).fetchall()``, reading text that is not UTF-8 too.
+
+    sqlite3 fails the whole query on one such value; then the query runs again
+    decoding with surrogateescape, so the rows' checks (``decode_rows``) find the
+    damaged one (its id no longer matches its payload) and quarantine it.
+    """
+    try:
+        return c.execute(sql, params).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "decode" not in str(exc):
+            raise
+    c.text_factory = _lenient
+    try:
+        return c.execute(sql, params).fetchall()
+    finally:
+        c.text_factory = str
+
+
+def sanitize_rows(c: sqlite3.Connection, table: str, keys: Sequence[int]) -> None:
+    """Before damaged rows move to dead: ids and categories as readable text, payloads as BLOBs,
+    so every later read of the dead letters (status, list, show) works."""
+    for k in keys:
+        row = c.execute(
+            f"SELECT CAST(id AS BLOB), CAST(category AS BLOB), typeof(payload), typeof(crc) FROM {table} WHERE k = ?",
+            (k,),
+        ).fetchone()
+        if row is None:
+            continue
+        op_id, cat = readable(row[0] or b""), readable(row[1] or b"")
+        c.execute(
+            f"UPDATE {table} SET id = ?, category = ?, payload = CAST(payload AS BLOB),"
+            " crc = CASE WHEN typeof(crc) = 'integer' THEN crc ELSE -1 END WHERE k = ?",
+            (op_id, cat, k),
+        )
 
 
 def _move_dead(
