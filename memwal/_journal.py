@@ -1002,7 +1002,7 @@ def decode_rows(rows: list[Any]) -> tuple[list[LeasedOp], list[tuple[int, str, s
 
 
 def _is_damage(exc: sqlite3.Error) -> bool:
-    return "malformed" in str(exc) or "file is not a database" in str(exc)
+    return "malformed" in str(exc)
 
 
 def damaged(exc: sqlite3.Error, path: Path) -> JournalError:
