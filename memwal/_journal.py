@@ -201,7 +201,7 @@ class Journal:
                 # same can fail with "locked" outside the busy handler: retry, bounded.
                 self._close_conns()
                 if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise JournalError(f"cannot open: {exc}", path=str(self.path)) from exc
+                    raise JournalError(f"cannot open: {_explain(exc, self.path)}", path=str(self.path)) from exc
                 if time.monotonic() > deadline:
                     raise JournalError(f"cannot open: {exc} past busy_timeout", path=str(self.path)) from exc
                 time.sleep(0.01)
@@ -222,7 +222,7 @@ class Journal:
             self._lw.execute("PRAGMA busy_timeout=0")
         except sqlite3.Error as exc:
             self._close_conns()
-            raise JournalError(f"cannot open: {exc}", path=str(self.path)) from exc
+            raise JournalError(f"cannot open: {_explain(exc, self.path)}", path=str(self.path)) from exc
         try:
             self.refresh_depth()
         except JournalError:
@@ -289,7 +289,7 @@ class Journal:
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
 
     def _conn(self, which: sqlite3.Connection | None) -> sqlite3.Connection:
@@ -455,10 +455,10 @@ class Journal:
                 self._removed(removes)
                 return result
             except sqlite3.Error as exc:
-                c.execute("ROLLBACK")
+                _rollback(c)
                 raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
             except BaseException:
-                c.execute("ROLLBACK")
+                _rollback(c)
                 raise
 
     def lease(self, n: int, *, category: str | None = None) -> tuple[list[LeasedOp], list[tuple[str, str]]]:
@@ -586,10 +586,30 @@ class Journal:
         estimate and flush_queue's count).
         """
         with self._clock_c, self._wlock:
+            c = self._conn(self._c)
             try:
-                return self._run_one(self._conn(self._c), sql, params, removes)
+                return self._run_one(c, sql, params, removes)
+            except sqlite3.Error as exc:
+                if not (_is_full(exc) and self._reclaim(c)):
+                    raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
+            try:  # once more, into the WAL the checkpoint just emptied
+                return self._run_one(c, sql, params, removes)
             except sqlite3.Error as exc:
                 raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
+
+    def _reclaim(self, c: sqlite3.Connection) -> bool:
+        """After a write failed on a full disk: copy the WAL into the main file and
+        truncate it, so the space it held can take the next writes (the caller holds
+        ``_wlock``). True if the WAL is now empty."""
+        try:
+            busy, _, _ = c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            log.warning("cannot checkpoint to make room on a full disk: %s (journal %s)", exc, self.path)
+            return False
+        if not busy:
+            self._checkpointed_at = self.commits
+            log.warning("disk full: checkpointed and truncated the WAL to make room (journal %s)", self.path)
+        return not busy
 
     def _run_one(self, c: sqlite3.Connection, sql: str, params: Any, removes: Sequence[int]) -> int:
         n = int(c.execute(sql, params).rowcount)  # the caller holds _wlock
@@ -762,7 +782,12 @@ class Journal:
         return n
 
     def release_mine(self) -> int:
-        """Give back every lease this journal object holds (at shutdown)."""
+        """Give back every lease this journal object holds (at shutdown).
+
+        Never raises: when the journal cannot be written (a full disk) the leases are
+        left to expire (``lease_seconds``), or to ``recover`` once this process is gone,
+        so a shutdown never fails on them.
+        """
 
         def txn(c: sqlite3.Connection) -> int:
             a = c.execute(
@@ -774,7 +799,11 @@ class Journal:
             ).rowcount
             return int(a + b)
 
-        return int(self._write(txn))
+        try:
+            return int(self._write(txn))
+        except JournalError as exc:
+            log.warning("cannot release leases at shutdown (%s); they return to pending when they expire", exc)
+            return 0
 
     def purge_done(self) -> int:
         """Delete delivered rows kept past ``retention_seconds``."""
@@ -999,6 +1028,32 @@ def decode_rows(rows: list[Any]) -> tuple[list[LeasedOp], list[tuple[int, str, s
         else:
             good.append(LeasedOp(key, op, attempts))
     return good, bad
+
+
+def _rollback(c: sqlite3.Connection) -> None:
+    """Roll back if a transaction is open: SQLite ends one itself on some errors (a full
+    disk), and a ROLLBACK then would hide the real error behind "no transaction is active"."""
+    if c.in_transaction:
+        try:
+            c.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.warning("rollback failed: %s", exc)
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    return "full" in str(exc)
+
+
+def _explain(exc: sqlite3.Error, path: Path) -> str:
+    """SQLite's message, naming a full disk when that is the cause (creating the WAL
+    index on a full disk reports only "disk I/O error")."""
+    try:
+        free = os.statvfs(path.parent).f_bavail * os.statvfs(path.parent).f_frsize
+    except OSError:
+        return str(exc)
+    if "full" not in str(exc) and free < (64 << 10):
+        return f"disk is full ({free} bytes free; SQLite: {exc})"
+    return f"disk is full (SQLite: {exc})" if "full" in str(exc) else str(exc)
 
 
 def _is_damage(exc: sqlite3.Error) -> bool:
