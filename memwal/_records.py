@@ -379,37 +379,61 @@ def check_json(value: object, path: str, depth: int = 0) -> Any:
 
     Mappings become dicts and tuples lists (what the journal gives back); a str
     subclass other than an enum member is refused, as is nesting deeper than
-    MAX_METADATA_DEPTH (also what stops a structure that contains itself).
+    MAX_METADATA_DEPTH (also what stops a structure that contains itself). A plain
+    dict or list whose items need no change is returned as it is, not copied.
     """
-    if type(value) is str:
-        _check_text(value, path)
+    t = type(value)
+    if t is str:
+        _check_text(value, path)  # type: ignore[arg-type]  # a str, by its type
         return value
-    if value is None or isinstance(value, bool):
+    if value is None or t is bool:
         return value
-    if isinstance(value, enum.Enum) and isinstance(value, (str, int)) and type(value.value) in (str, int):
+    if t is int:
+        if not -(2**63) <= value < 2**64:  # type: ignore[operator]  # an int, by its type
+            raise InvalidOperation(path, f"integer {value} does not fit in 64 bits")
+        return value
+    if t is float:
+        if not math.isfinite(value):  # type: ignore[arg-type]  # a float, by its type
+            raise InvalidOperation(path, f"{value} is not a finite number")
+        return value
+    if t is dict or t is list or isinstance(value, (Mapping, list, tuple)):
+        if depth >= MAX_METADATA_DEPTH:
+            raise InvalidOperation(path, f"is nested more than {MAX_METADATA_DEPTH} deep")
+        if isinstance(value, Mapping):
+            return _check_mapping(value, path, depth)
+        seq: Sequence[Any] = value  # type: ignore[assignment]  # a list or tuple, checked above
+        items = [check_json(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(seq)]
+        same = t is list and all(a is b for a, b in zip(items, seq, strict=True))
+        return value if same else items
+    return _check_other(value, path, depth)
+
+
+def _check_mapping(value: Mapping[Any, Any], path: str, depth: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    same = type(value) is dict
+    for k, v in value.items():
+        if type(k) is not str:
+            if not isinstance(k, enum.Enum) or not isinstance(k, str):
+                raise InvalidOperation(f"{path}[{k!r}]", "keys must be str")
+            k, same = str.__str__(k), False
+        _check_text(k, f"{path}[{k!r}]")
+        out[k] = c = check_json(v, f"{path}.{k}", depth + 1)
+        same = same and c is v
+    return value if same else out  # type: ignore[return-value]  # a dict[str, Any] when same
+
+
+def _check_other(value: object, path: str, depth: int) -> Any:
+    """Subclasses of the JSON types: enum members as their values, others refused or converted."""
+    if isinstance(value, enum.Enum) and type(value.value) in (str, int):
         return check_json(value.value, path, depth)
     if isinstance(value, str):
         raise InvalidOperation(path, f"{type(value).__name__} is a str subclass; pass str(value)")
+    if isinstance(value, bool):
+        return bool(value)
     if isinstance(value, int):
-        if not -(2**63) <= value < 2**64:
-            raise InvalidOperation(path, f"integer {value} does not fit in 64 bits")
-        return int(value)
+        return check_json(int(value), path, depth)
     if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidOperation(path, f"{value} is not a finite number")
-        return float(value)
-    if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_METADATA_DEPTH:
-        raise InvalidOperation(path, f"is nested more than {MAX_METADATA_DEPTH} deep")
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            if not isinstance(k, str) or (type(k) is not str and not isinstance(k, enum.Enum)):
-                raise InvalidOperation(f"{path}[{k!r}]", "keys must be str")
-            _check_text(k, f"{path}[{k!r}]")
-            out[str.__str__(k) if type(k) is not str else k] = check_json(v, f"{path}.{k}", depth + 1)
-        return out
-    if isinstance(value, (list, tuple)):
-        return [check_json(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
+        return check_json(float(value), path, depth)
     raise InvalidOperation(path, f"{type(value).__name__} is not JSON (use str, number, bool, None, list, dict)")
 
 
@@ -441,7 +465,7 @@ def check_metadata(metadata: object) -> dict[str, Any]:
     if not isinstance(metadata, Mapping):
         raise InvalidOperation("metadata", f"must be a mapping, got {type(metadata).__name__}")
     out: dict[str, Any] = check_json(metadata, "metadata")
-    return out
+    return dict(out) if out is metadata else out  # the caller's dict is never the one stored
 
 
 def check_tags(tags: object) -> tuple[str, ...]:
