@@ -26,7 +26,7 @@ from ._errors import JournalError, QueueFull, SinkRejected
 from ._health import AlertCallback, Health, HealthInputs, HealthMonitor
 from ._journal import Journal
 from ._reads import Reader
-from ._records import Memory, MemoryCategory, Priority, validate
+from ._records import CategoryRules, Memory, MemoryCategory, Priority, validate
 from ._sinks.base import Sink
 from ._sinks.call import require_async_deliver
 from ._sinks.sqlite import SQLiteSink
@@ -144,6 +144,8 @@ class AsyncMemoryCollector(CollectHelpers[Awaitable[str]]):
         # collect()'s settings, fixed for the collector's life (configure() cannot change them)
         ac = self.config.async_collection
         self._max_content = self.config.journal.max_content_bytes
+        cats = self.config.categories
+        self._categories = CategoryRules(cats.custom, accept_any=cats.accept_any)
         self._limit = ac.max_queue_size
         self._block = ac.on_full == "block"
         self._on_full = "reject" if self._block else ac.on_full  # what an append does at once
@@ -407,7 +409,7 @@ class AsyncMemoryCollector(CollectHelpers[Awaitable[str]]):
         if self._state != "running":
             raise JournalError(f"collector is {self._state}", path=str(self.journal.path))
         cat, text, meta, prio, tag_t, proj = validate(
-            category, content, metadata, priority, tags, project, self._max_content
+            category, content, metadata, priority, tags, project, self._max_content, self._categories
         )
         op, dropped = self.journal.append(cat, text, meta, prio, tag_t, proj, self._limit, on_full)
         c = self.counters

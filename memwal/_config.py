@@ -23,6 +23,7 @@ __all__ = [
     "PROFILES",
     "AsyncCollectionConfig",
     "CacheConfig",
+    "CategoriesConfig",
     "CircuitBreakerConfig",
     "Config",
     "FallbackConfig",
@@ -147,6 +148,27 @@ class HealthConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     window_seconds: PositiveSeconds = 60.0
 
 
+class CategoriesConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Which custom categories ``collect`` accepts besides the known ones.
+
+    Any category matching ``[a-z0-9_.-]{1,64}`` is kept, except one a single edit away
+    from a known category (``bugs``, ``erorr``): that is refused as a likely typo
+    ("did you mean 'bug'?") unless listed in ``custom`` or ``accept_any`` is true.
+    Categories are lower-cased, so ``Bug`` is ``bug``.
+    """
+
+    custom: tuple[str, ...] = ()
+    accept_any: bool = False
+
+    def __post_init__(self) -> None:
+        for c in self.custom:
+            if not _CATEGORY.fullmatch(c):
+                raise ValueError(f"custom: {c!r} must be lower-case and match [a-z0-9_.-]{{1,64}}")
+
+
+_CATEGORY = re.compile(r"[a-z0-9_.-]{1,64}")
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """All of memwal's settings.
 
@@ -163,6 +185,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     journal: JournalConfig = JournalConfig()
     fallback: FallbackConfig = FallbackConfig()
     health: HealthConfig = HealthConfig()
+    categories: CategoriesConfig = CategoriesConfig()
 
 
 # Presets sit under the file's values. Why the numbers differ:
@@ -214,6 +237,25 @@ def _translate(exc: msgspec.ValidationError, root: str) -> ConfigError:
     return ConfigError(msg, path=full)
 
 
+def _check_plain(value: Any, path: str, depth: int = 0) -> None:
+    """ConfigError naming the key path of a non-str key, a lone surrogate or runaway nesting."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError("has a lone surrogate, which UTF-8 cannot store", path=path or "(top level)") from None
+    elif isinstance(value, Mapping | list | tuple):
+        if depth >= 64:
+            raise ConfigError("is nested more than 64 deep", path=path or "(top level)")
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        for k, v in items:
+            if isinstance(value, Mapping):
+                if not isinstance(k, str):
+                    raise ConfigError(f"keys must be str, got {k!r}", path=path or "(top level)")
+                _check_plain(k, path, depth + 1)
+            _check_plain(v, ".".join(p for p in (path, str(k)) if p), depth + 1)
+
+
 def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in top.items():
@@ -224,11 +266,35 @@ def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Text, not a path: a line break, a YAML "key:" or TOML "[section]" / "key =" at the start.
+_LOOKS_LIKE = (
+    ("YAML", re.compile(r"^\s*(memory|[a-z_]+)\s*:(\s|$)")),
+    ("TOML", re.compile(r"^\s*(\[[A-Za-z_.]+\]|[A-Za-z_]+\s*=)")),
+)
+
+
+def _as_path(source: str | os.PathLike[str]) -> Path:
+    """``source`` as a Path; ConfigError in one line when it is config text, not a path."""
+    if isinstance(source, str) and not os.path.exists(source):
+        if "\x00" in source:
+            raise ConfigError("a config file path cannot contain a NUL character")
+        for kind, pattern in _LOOKS_LIKE:
+            if pattern.match(source):
+                raise ConfigError(
+                    f"this looks like {kind} text, not a file path: pass a path to a .yaml/.toml"
+                    f" file, or the parsed mapping ({'yaml.safe_load' if kind == 'YAML' else 'tomllib.loads'}(text))"
+                )
+        if "\n" in source:
+            raise ConfigError("a config file path cannot contain a line break (was config text passed?)")
+    return Path(source)
+
+
 def _read_file(path: Path) -> Any:
     try:
         text = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file: {exc.strerror}", path=str(path)) from exc
+    except (OSError, ValueError) as exc:  # ValueError: a path the OS cannot take at all
+        shown = str(path) if len(str(path)) <= 200 else str(path)[:200] + "..."
+        raise ConfigError(f"cannot read config file: {getattr(exc, 'strerror', None) or exc}", path=shown) from exc
     suffix = path.suffix.lower()
     try:
         if suffix == ".toml":
@@ -256,6 +322,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
             raise ConfigError(f"cannot parse {raw!r}", path=name) from exc
+        _check_plain(value, name)
         out.setdefault(section, {})[key] = value
     return out
 
@@ -280,8 +347,12 @@ def load_config(
         data: Any = {}
     elif isinstance(source, Mapping):
         data = source
+    elif isinstance(source, str | os.PathLike):
+        data = _read_file(_as_path(source))
     else:
-        data = _read_file(Path(source))
+        raise ConfigError(
+            f"load_config takes a file path, a mapping or None, got {type(source).__name__}"
+        )
     if not isinstance(data, Mapping):
         raise ConfigError(f"the top level must be a mapping, got {type(data).__name__}")
     root = ""
@@ -298,6 +369,7 @@ def load_config(
         if profile not in PROFILES:
             raise ConfigError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}", path="profile")
         merged = _deep_merge(merged, PROFILES[profile])
+    _check_plain(data, root)
     merged = _deep_merge(merged, data)
     try:
         config = msgspec.convert(merged, Config)

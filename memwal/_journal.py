@@ -249,12 +249,14 @@ class Journal:
                 # same can fail with "locked" outside the busy handler: retry, bounded.
                 self._close_conns()
                 if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise JournalError(f"cannot open: {exc}", path=str(self.path)) from exc
+                    raise JournalError(f"cannot open: {_explain(exc, self.path)}", path=str(self.path)) from exc
                 if time.monotonic() > deadline:
                     raise JournalError(f"cannot open: {exc} past busy_timeout", path=str(self.path)) from exc
                 time.sleep(0.01)
             except sqlite3.DatabaseError as exc:
                 self._close_conns()
+                if _is_damage(exc):
+                    raise damaged(exc, self.path) from exc
                 raise JournalError(f"not a memwal journal ({exc})", path=str(self.path)) from exc
             except BaseException:
                 self._close_conns()
@@ -270,8 +272,12 @@ class Journal:
             self._r.execute("PRAGMA query_only=1")
         except (sqlite3.Error, OSError) as exc:
             self._close_conns()
-            raise JournalError(f"cannot open: {exc}", path=str(self.path)) from exc
-        self.refresh_depth()
+            raise JournalError(f"cannot open: {_explain(exc, self.path)}", path=str(self.path)) from exc
+        try:
+            self.refresh_depth()
+        except JournalError:
+            self._close_conns()
+            raise
 
     def close(self) -> None:
         """Checkpoint and close; closing twice is a no-op."""
@@ -341,7 +347,7 @@ class Journal:
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
 
     def _conn(self, which: sqlite3.Connection | None) -> sqlite3.Connection:
@@ -487,8 +493,7 @@ class Journal:
 
     def refresh_depth(self) -> int:
         """Count undelivered rows exactly and reset the back-pressure estimate."""
-        with self._rlock:
-            n = int(self._conn(self._r).execute("SELECT count(*) FROM ops").fetchone()[0])
+        n = int(self._read("SELECT count(*) FROM ops")[0][0])
         with self._wlock:
             self._set_depth(n)
         return n
@@ -533,10 +538,10 @@ class Journal:
                 self._removed(removes)
                 ticket = self.commits
             except sqlite3.Error as exc:
-                c.execute("ROLLBACK")
+                _rollback(c)
                 raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
             except BaseException:
-                c.execute("ROLLBACK")
+                _rollback(c)
                 raise
         self.sync_upto(ticket)
         return result
@@ -568,7 +573,7 @@ class Journal:
         sql = LEASE_SELECT.format(extra="AND category = :cat" if category is not None else "")
         with self._clock_c:
             try:
-                rows = self._conn(self._c).execute(sql, {"now": now, "n": n, "cat": category}).fetchall()
+                rows = fetch_all(self._conn(self._c), sql, {"now": now, "n": n, "cat": category})
             except sqlite3.Error as exc:
                 raise JournalError(f"cannot read: {exc}", path=str(self.path)) from exc
         return rows, now
@@ -609,8 +614,11 @@ class Journal:
 
     def dead_letter(self, bad: Sequence[tuple[int, str, str]], now: float) -> None:
         """Move rows that failed their checksum or decode (``(key, id, reason)``) to dead."""
-        self._write(lambda c: _move_dead(c, [(k, r) for k, _, r in bad], now, table="ops", add_attempt=0),
-                    removes=[k for k, _, _ in bad])
+        def txn(c: sqlite3.Connection) -> None:
+            sanitize_rows(c, "ops", [k for k, _, _ in bad])
+            _move_dead(c, [(k, r) for k, _, r in bad], now, table="ops", add_attempt=0)
+
+        self._write(txn, removes=[k for k, _, _ in bad])
 
     def claim_statements(self, table: str, good: Sequence[LeasedOp], now: float) -> list[tuple[str, tuple[Any, ...], list[int]]]:
         """``(sql, params, keys)`` per chunk: each leases its keys that are still ready."""
@@ -663,13 +671,33 @@ class Journal:
         estimate and flush_queue's count).
         """
         with self._clock_c, self._wlock:
+            w = self._conn(self._w)
             try:
-                n = self._run_one(self._conn(self._w), sql, params, removes)
-                ticket = self.commits
+                n = self._run_one(w, sql, params, removes)
             except sqlite3.Error as exc:
-                raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
+                if not (_is_full(exc) and self._reclaim(self._conn(self._c))):
+                    raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
+                try:  # once more, into the WAL the checkpoint just emptied
+                    n = self._run_one(w, sql, params, removes)
+                except sqlite3.Error as again:
+                    raise JournalError(f"cannot write: {again}", path=str(self.path)) from again
+            ticket = self.commits
         self.sync_upto(ticket)
         return n
+
+    def _reclaim(self, c: sqlite3.Connection) -> bool:
+        """After a write failed on a full disk: copy the WAL into the main file and
+        truncate it, so the space it held can take the next writes (the caller holds
+        ``_wlock``). True if the WAL is now empty."""
+        try:
+            busy, _, _ = c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            log.warning("cannot checkpoint to make room on a full disk: %s (journal %s)", exc, self.path)
+            return False
+        if not busy:
+            self._checkpointed_at = self.commits
+            log.warning("disk full: checkpointed and truncated the WAL to make room (journal %s)", self.path)
+        return not busy
 
     def _run_one(self, c: sqlite3.Connection, sql: str, params: Any, removes: Sequence[int]) -> int:
         n = int(c.execute(sql, params).rowcount)  # the caller holds _wlock
@@ -737,7 +765,7 @@ class Journal:
     def _read_c(self, sql: str, params: Any) -> list[Any]:
         with self._clock_c:
             try:
-                return self._conn(self._c).execute(sql, params).fetchall()
+                return fetch_all(self._conn(self._c), sql, params)
             except sqlite3.Error as exc:
                 raise JournalError(f"cannot read: {exc}", path=str(self.path)) from exc
 
@@ -745,7 +773,7 @@ class Journal:
         """Lease rows a fallback holds, for reconciliation to the primary."""
         now = self.clock()
         with self._clock_c:
-            rows = self._conn(self._c).execute(LEASE_HELD, {"now": now, "n": n}).fetchall()
+            rows = fetch_all(self._conn(self._c), LEASE_HELD, {"now": now, "n": n})
         if not rows:
             return []
         good, bad = decode_rows(rows)
@@ -850,7 +878,12 @@ class Journal:
         return n
 
     def release_mine(self) -> int:
-        """Give back every lease this journal object holds (at shutdown)."""
+        """Give back every lease this journal object holds (at shutdown).
+
+        Never raises: when the journal cannot be written (a full disk) the leases are
+        left to expire (``lease_seconds``), or to ``recover`` once this process is gone,
+        so a shutdown never fails on them.
+        """
 
         def txn(c: sqlite3.Connection) -> int:
             a = c.execute(
@@ -862,7 +895,11 @@ class Journal:
             ).rowcount
             return int(a + b)
 
-        return int(self._write(txn))
+        try:
+            return int(self._write(txn))
+        except JournalError as exc:
+            log.warning("cannot release leases at shutdown (%s); they return to pending when they expire", exc)
+            return 0
 
     def purge_done(self) -> int:
         """Delete delivered rows kept past ``retention_seconds``."""
@@ -941,8 +978,10 @@ class Journal:
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         with self._rlock:
             try:
-                return self._conn(self._r).execute(sql, tuple(params)).fetchall()
+                return fetch_all(self._conn(self._r), sql, tuple(params))
             except sqlite3.Error as exc:
+                if _is_damage(exc):
+                    raise damaged(exc, self.path) from exc
                 raise JournalError(f"cannot read: {exc}", path=str(self.path)) from exc
 
     def counts(self) -> JournalCounts:
@@ -1038,7 +1077,12 @@ _RANK_KEY = {p: p.rank << RANK_SHIFT for p in Priority}
 _crc32 = zlib.crc32
 
 
-def _check_row(payload: bytes, crc: int) -> tuple[MemoryOperation | None, str]:
+def _check_row(payload: Any, crc: Any) -> tuple[MemoryOperation | None, str]:
+    """The row's operation, or None and why not. Never raises: any stored value is checked."""
+    if type(payload) is not bytes or type(crc) is not int:
+        if type(payload) is not bytes:
+            return None, f"payload stored as {_sql_type(payload)}, not BLOB"
+        return None, f"checksum stored as {_sql_type(crc)}, not INTEGER"
     if zlib.crc32(payload) != crc:
         return None, "checksum mismatch: the payload is damaged"
     try:
@@ -1047,17 +1091,128 @@ def _check_row(payload: bytes, crc: int) -> tuple[MemoryOperation | None, str]:
         return None, f"undecodable payload: {exc}"
 
 
+def _sql_type(value: Any) -> str:
+    return {str: "TEXT", int: "INTEGER", float: "REAL", bytes: "BLOB", type(None): "NULL"}.get(type(value), "?")
+
+
+def readable(text: Any) -> str:
+    """A stored id or category as printable text: bytes that were not UTF-8 as ``\\xNN``."""
+    if isinstance(text, str):
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(text, bytes):
+        return text.decode("utf-8", "backslashreplace")
+    return repr(text)
+
+
+def _row_damage(op: MemoryOperation, op_id: Any, attempts: Any) -> str:
+    """What is wrong with a row whose payload decoded (its other columns), or ""."""
+    if op.id != op_id:
+        if isinstance(op_id, str) and not op_id.isascii() and readable(op_id) != op_id:
+            return f"id column is not valid UTF-8 ({readable(op_id)!r}; the payload says {op.id})"
+        return f"id column {readable(op_id)!r} does not match the payload's id {op.id}"
+    if type(attempts) is not int:
+        return f"attempts stored as {_sql_type(attempts)}, not INTEGER"
+    return ""
+
+
 def decode_rows(rows: list[Any]) -> tuple[list[LeasedOp], list[tuple[int, str, str]]]:
-    """Check and decode ``select_ready`` rows: (leasable ops, ``(key, id, reason)`` of damaged rows)."""
+    """Check and decode ``select_ready`` rows: (leasable ops, ``(key, id, reason)`` of damaged rows).
+
+    A row is damaged when its checksum or payload is bad or a column holds the wrong
+    type or an id other than its payload's (bytes that are not UTF-8, for one).
+    """
     good: list[LeasedOp] = []
     bad: list[tuple[int, str, str]] = []
     for key, op_id, attempts, crc, payload in rows:
         op, reason = _check_row(payload, crc)
+        if op is not None and (op.id != op_id or type(attempts) is not int):
+            reason = _row_damage(op, op_id, attempts)
+            op = None
         if op is None:
-            bad.append((key, op_id, reason))
+            bad.append((key, readable(op_id), reason))
         else:
             good.append(LeasedOp(key, op, attempts))
     return good, bad
+
+
+def _rollback(c: sqlite3.Connection) -> None:
+    """Roll back if a transaction is open: SQLite ends one itself on some errors (a full
+    disk), and a ROLLBACK then would hide the real error behind "no transaction is active"."""
+    if c.in_transaction:
+        try:
+            c.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.warning("rollback failed: %s", exc)
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    return "full" in str(exc)
+
+
+def _explain(exc: sqlite3.Error | OSError, path: Path) -> str:
+    """SQLite's message, naming a full disk when that is the cause (creating the WAL
+    index on a full disk reports only "disk I/O error")."""
+    try:
+        free = os.statvfs(path.parent).f_bavail * os.statvfs(path.parent).f_frsize
+    except OSError:
+        return str(exc)
+    if "full" not in str(exc) and free < (64 << 10):
+        return f"disk is full ({free} bytes free; SQLite: {exc})"
+    return f"disk is full (SQLite: {exc})" if "full" in str(exc) else str(exc)
+
+
+def _is_damage(exc: sqlite3.Error) -> bool:
+    return "malformed" in str(exc)
+
+
+def damaged(exc: sqlite3.Error, path: Path) -> JournalError:
+    """One line for a file SQLite cannot parse, with the way out."""
+    return JournalError(
+        f"the journal file is damaged (SQLite: {exc}); `memwal-replay verify --salvage NEW.journal"
+        f" {path}` copies every row that can still be read into a new journal",
+        path=str(path),
+    )
+
+
+def _lenient(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def fetch_all(c: sqlite3.Connection, sql: str, params: Any = ()) -> list[Any]:
+    """``c.execute(sql, params).fetchall()``, reading text that is not UTF-8 too.
+
+    sqlite3 fails the whole query on one such value; then the query runs again
+    decoding with surrogateescape, so the rows' checks (``decode_rows``) find the
+    damaged one (its id no longer matches its payload) and quarantine it.
+    """
+    try:
+        return c.execute(sql, params).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "decode" not in str(exc):
+            raise
+    c.text_factory = _lenient
+    try:
+        return c.execute(sql, params).fetchall()
+    finally:
+        c.text_factory = str
+
+
+def sanitize_rows(c: sqlite3.Connection, table: str, keys: Sequence[int]) -> None:
+    """Before damaged rows move to dead: ids and categories as readable text, payloads as BLOBs,
+    so every later read of the dead letters (status, list, show) works."""
+    for k in keys:
+        row = c.execute(
+            f"SELECT CAST(id AS BLOB), CAST(category AS BLOB), typeof(payload), typeof(crc) FROM {table} WHERE k = ?",
+            (k,),
+        ).fetchone()
+        if row is None:
+            continue
+        op_id, cat = readable(row[0] or b""), readable(row[1] or b"")
+        c.execute(
+            f"UPDATE {table} SET id = ?, category = ?, payload = CAST(payload AS BLOB),"
+            " crc = CASE WHEN typeof(crc) = 'integer' THEN crc ELSE -1 END WHERE k = ?",
+            (op_id, cat, k),
+        )
 
 
 def _move_dead(

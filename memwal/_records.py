@@ -22,6 +22,7 @@ from ._errors import InvalidOperation
 
 __all__ = [
     "KNOWN_CATEGORIES",
+    "CategoryRules",
     "IdGenerator",
     "Memory",
     "MemoryCategory",
@@ -37,8 +38,16 @@ __all__ = [
 class MemoryCategory(enum.StrEnum):
     """Every category the original framework's four vocabularies used.
 
-    Categories are plain lower-case strings; any string matching ``[a-z0-9_.-]{1,64}``
-    is accepted too, so these members are a convenience, not a limit.
+    Categories are plain lower-case strings (input is lower-cased: ``"Bug"`` is
+    ``"bug"``). Any other string matching ``[a-z0-9_.-]{1,64}`` is accepted too, except
+    one a single edit away from a member (``bugs``, ``erorr``), which is refused as a
+    likely typo with "did you mean 'bug'?" unless the application registers it
+    (config ``categories.custom``, or ``categories.accept_any: true``).
+
+    Example:
+        >>> MemoryCategory("bug") is MemoryCategory.BUG
+        True
+        >>> c.collect(MemoryCategory.FEEDBACK, "user prefers short answers")  # or just "feedback"
     """
 
     AGENT = "agent"
@@ -240,21 +249,113 @@ def id_to_seq(op_id: str) -> int:
 
 
 # -- validation --------------------------------------------------------------------
+# Every string collect() stores must encode to UTF-8: a lone surrogate ("\ud800") is
+# refused here, naming its field, rather than failing inside the journal's encoder.
+# ``str.isascii`` answers for almost every string at memory speed; only non-ASCII
+# text is encoded to find out.
+MAX_METADATA_DEPTH = 64  # containers nested deeper than this inside metadata are refused
 
 
-def normalise_category(category: object) -> str:
+def _surrogate_free(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_text(value: str, field: str) -> None:
+    """Refuse a str that cannot be stored as UTF-8 (a lone surrogate)."""
+    if not value.isascii() and not _surrogate_free(value):
+        pos = next(i for i, ch in enumerate(value) if "\ud800" <= ch <= "\udfff")
+        raise InvalidOperation(field, f"has a lone surrogate {value[pos]!r} at index {pos}, which UTF-8 cannot store")
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """True when ``a`` becomes ``b`` by one insertion, deletion, substitution or swap of neighbours."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    i = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), len(a))
+    if len(a) < len(b):
+        return a[i:] == b[i + 1 :]
+    return a[i + 1 :] == b[i + 1 :] or (a[i + 2 :] == b[i + 2 :] and a[i : i + 2] == b[i : i + 2][::-1])
+
+
+def near_known_category(category: str) -> str | None:
+    """The known category one edit away from ``category`` (a likely typo), or None.
+
+    Only names of three or more letters count on either side: "qa" is one edit from
+    every one- and two-letter name, which are more likely meant as they are.
+    """
+    if len(category) < 3:
+        return None
+    return next((k for k in _TYPO_TARGETS if _one_edit(category, k)), None)
+
+
+_TYPO_TARGETS = sorted(k for k in KNOWN_CATEGORIES if len(k) >= 3)
+
+
+class CategoryRules:
+    """Which categories collect() accepts: the known ones, the ``custom`` ones the
+    application registered, and any other matching ``[a-z0-9_.-]{1,64}`` unless it is
+    one edit away from a known one (``bugs``, ``erorr``: a typo, refused with "did you
+    mean"); ``accept_any`` accepts those too. Input is lower-cased first.
+
+    Example:
+        >>> CategoryRules(custom=["bugs"]).normalise("Bugs")
+        'bugs'
+    """
+
+    __slots__ = ("accept_any", "known")
+    _BOUND = 4096  # custom categories remembered as accepted (the fast path's set)
+
+    def __init__(self, custom: Sequence[str] = (), *, accept_any: bool = False) -> None:
+        self.accept_any = accept_any
+        # Grows with custom categories once accepted (up to _BOUND), so a repeated
+        # custom category costs one set lookup, like a known one.
+        self.known: set[str] = set(KNOWN_CATEGORIES)
+        for c in custom:
+            self.known.add(_shape(c, "categories.custom"))
+
+    def normalise(self, category: object) -> str:
+        """The stored form of ``category``; InvalidOperation naming it if refused."""
+        c = _shape(category, "category")
+        if c in self.known:
+            return c
+        if not self.accept_any and (near := near_known_category(c)) is not None:
+            raise InvalidOperation(
+                "category",
+                f"{category!r} is not a known category; did you mean {near!r}? (to keep it as a"
+                " custom category, list it in categories.custom or set categories.accept_any)",
+            )
+        if len(self.known) < len(KNOWN_CATEGORIES) + self._BOUND and c == category:
+            self.known.add(c)
+        return c
+
+
+def _shape(category: object, field: str) -> str:
     if isinstance(category, MemoryCategory):
         return category.value
-    if not isinstance(category, str):
-        raise InvalidOperation("category", f"must be a str, got {type(category).__name__}")
+    if type(category) is not str:
+        what = "a str subclass" if isinstance(category, str) else type(category).__name__
+        raise InvalidOperation(field, f"must be a str, got {what}")
     c = category.lower()
     if c in KNOWN_CATEGORIES or _CUSTOM_CATEGORY.fullmatch(c):
         return c
     raise InvalidOperation(
-        "category",
-        f"{category!r} is not a known category and does not match [a-z0-9_.-]{{1,64}}",
+        field, f"{category!r} is not a known category and does not match [a-z0-9_.-]{{1,64}}"
     )
 
+
+def normalise_category(category: object) -> str:
+    """Lower-case ``category`` and check its shape (a read's filter: no typo check)."""
+    return _shape(category, "category")
+
+
+DEFAULT_CATEGORIES = CategoryRules()
+ANY_CATEGORY = CategoryRules(accept_any=True)
 
 _PRIORITY_BY_NAME: dict[object, Priority] = {p.value: p for p in Priority}
 
@@ -274,54 +375,95 @@ def normalise_priority(priority: object, category: str) -> Priority:
 
 
 def check_content(content: object, max_bytes: int) -> None:
-    if not isinstance(content, str):
-        raise InvalidOperation("content", f"must be a str, got {type(content).__name__}")
+    if type(content) is not str:
+        what = "a str subclass" if isinstance(content, str) else type(content).__name__
+        raise InvalidOperation("content", f"must be a str, got {what}")
     if not content or content.isspace():
         raise InvalidOperation("content", "must not be empty")
+    _check_text(content, "content")
     # A str of n code points is at most 4n UTF-8 bytes: encode only near the limit.
     if len(content) * 4 > max_bytes:
-        size = len(content.encode("utf-8", "surrogatepass"))
+        size = len(content.encode("utf-8"))
         if size > max_bytes:
             raise InvalidOperation(
                 "content", f"is {size} bytes in UTF-8, more than max_content_bytes {max_bytes}"
             )
 
 
-_SCALARS = (str, bool, type(None))
+def check_json(value: object, path: str, depth: int = 0) -> Any:
+    """``value`` as plain JSON (dicts, lists, finite numbers, str keys), or InvalidOperation.
 
-
-def check_json(value: object, path: str) -> None:
-    """Raise InvalidOperation unless ``value`` is plain JSON (finite numbers, str keys)."""
-    if isinstance(value, _SCALARS):
-        return
-    if isinstance(value, int):
-        if not -(2**63) <= value < 2**64:
+    Mappings become dicts and tuples lists (what the journal gives back); a str
+    subclass other than an enum member is refused, as is nesting deeper than
+    MAX_METADATA_DEPTH (also what stops a structure that contains itself). A plain
+    dict or list whose items need no change is returned as it is, not copied.
+    """
+    t = type(value)
+    if t is str:
+        _check_text(value, path)  # type: ignore[arg-type]  # a str, by its type
+        return value
+    if value is None or t is bool:
+        return value
+    if t is int:
+        if not -(2**63) <= value < 2**64:  # type: ignore[operator]  # an int, by its type
             raise InvalidOperation(path, f"integer {value} does not fit in 64 bits")
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
+        return value
+    if t is float:
+        if not math.isfinite(value):  # type: ignore[arg-type]  # a float, by its type
             raise InvalidOperation(path, f"{value} is not a finite number")
-        return
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            if not isinstance(k, str):
+        return value
+    if t is dict or t is list or isinstance(value, (Mapping, list, tuple)):
+        if depth >= MAX_METADATA_DEPTH:
+            raise InvalidOperation(path, f"is nested more than {MAX_METADATA_DEPTH} deep")
+        if isinstance(value, Mapping):
+            return _check_mapping(value, path, depth)
+        seq: Sequence[Any] = value  # type: ignore[assignment]  # a list or tuple, checked above
+        items = [check_json(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(seq)]
+        same = t is list and all(a is b for a, b in zip(items, seq, strict=True))
+        return value if same else items
+    return _check_other(value, path, depth)
+
+
+def _check_mapping(value: Mapping[Any, Any], path: str, depth: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    same = type(value) is dict
+    for k, v in value.items():
+        if type(k) is not str:
+            if not isinstance(k, enum.Enum) or not isinstance(k, str):
                 raise InvalidOperation(f"{path}[{k!r}]", "keys must be str")
-            check_json(v, f"{path}.{k}")
-        return
-    if isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            check_json(v, f"{path}[{i}]")
-        return
+            k, same = str.__str__(k), False
+        _check_text(k, f"{path}[{k!r}]")
+        out[k] = c = check_json(v, f"{path}.{k}", depth + 1)
+        same = same and c is v
+    return value if same else out  # type: ignore[return-value]  # a dict[str, Any] when same
+
+
+def _check_other(value: object, path: str, depth: int) -> Any:
+    """Subclasses of the JSON types: enum members as their values, others refused or converted."""
+    if isinstance(value, enum.Enum) and type(value.value) in (str, int):
+        return check_json(value.value, path, depth)
+    if isinstance(value, str):
+        raise InvalidOperation(path, f"{type(value).__name__} is a str subclass; pass str(value)")
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return check_json(int(value), path, depth)
+    if isinstance(value, float):
+        return check_json(float(value), path, depth)
     raise InvalidOperation(path, f"{type(value).__name__} is not JSON (use str, number, bool, None, list, dict)")
 
 
 def _flat_json(metadata: dict[Any, Any]) -> bool:
-    """True for the common shape: str keys, plain scalar values (no recursion needed)."""
+    """True for the common shape: plain ASCII-or-UTF-8 str keys, plain scalar values."""
     for k, v in metadata.items():
         t = type(v)
-        if type(k) is not str:
+        if type(k) is not str or not (k.isascii() or _surrogate_free(k)):
             return False
-        if t is str or t is bool or v is None:
+        if t is str:
+            if v.isascii() or _surrogate_free(v):
+                continue
+            return False
+        if t is bool or v is None:
             continue
         if t is int and -(2**63) <= v < 2**64:
             continue
@@ -338,8 +480,8 @@ def check_metadata(metadata: object) -> dict[str, Any]:
         return dict(metadata)
     if not isinstance(metadata, Mapping):
         raise InvalidOperation("metadata", f"must be a mapping, got {type(metadata).__name__}")
-    check_json(metadata, "metadata")
-    return dict(metadata)
+    out: dict[str, Any] = check_json(metadata, "metadata")
+    return dict(out) if out is metadata else out  # the caller's dict is never the one stored
 
 
 def check_tags(tags: object) -> tuple[str, ...]:
@@ -351,16 +493,18 @@ def check_tags(tags: object) -> tuple[str, ...]:
     if len(out) > MAX_TAGS:
         raise InvalidOperation("tags", f"has {len(out)} tags, at most {MAX_TAGS} allowed")
     for i, t in enumerate(out):
-        if not isinstance(t, str) or not t or len(t) > MAX_TAG_CHARS:
+        if type(t) is not str or not t or len(t) > MAX_TAG_CHARS:
             raise InvalidOperation(f"tags[{i}]", f"must be a non-empty str of at most {MAX_TAG_CHARS} characters, got {t!r}")
+        _check_text(t, f"tags[{i}]")
     return out
 
 
 def check_project(project: object) -> str | None:
     if project is None:
         return None
-    if not isinstance(project, str) or not project or len(project) > MAX_PROJECT_CHARS:
+    if type(project) is not str or not project or len(project) > MAX_PROJECT_CHARS:
         raise InvalidOperation("project", f"must be None or a non-empty str of at most {MAX_PROJECT_CHARS} characters, got {project!r}")
+    _check_text(project, "project")
     return project
 
 
@@ -372,10 +516,16 @@ def validate(
     tags: object,
     project: object,
     max_content_bytes: int,
+    categories: CategoryRules = DEFAULT_CATEGORIES,
 ) -> tuple[str, str, dict[str, Any], Priority, tuple[str, ...], str | None]:
-    """Check and normalise collect()'s arguments; raise InvalidOperation naming the field."""
-    cat = category if type(category) is str and category in KNOWN_CATEGORIES else normalise_category(category)
-    if type(content) is not str or not content or len(content) * 4 > max_content_bytes or content.isspace():
+    """Check and normalise collect()'s arguments; raise InvalidOperation naming the field.
+
+    The checks are the ``check_*`` functions; the conditions inline here only pick
+    the common case (a known category, short ASCII content) that needs none of them.
+    """
+    cat = category if type(category) is str and category in categories.known else categories.normalise(category)
+    if (type(content) is not str or not content or len(content) * 4 > max_content_bytes
+            or not content.isascii() or content.isspace()):
         check_content(content, max_content_bytes)
     return (
         cat,

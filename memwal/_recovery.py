@@ -24,7 +24,7 @@ from ._config import JournalConfig
 from ._errors import InvalidOperation, JournalError
 from ._heartbeat import CollectorSeen, collectors
 from ._journal import Journal, _check_row, owner_is_gone
-from ._records import PRIORITY_BY_RANK, MemoryOperation, encode_op, id_to_seq, validate
+from ._records import ANY_CATEGORY, PRIORITY_BY_RANK, MemoryOperation, encode_op, id_to_seq, validate
 from ._schema import APPLICATION_ID, INSERT_OP, RANK_SHIFT, SCHEMA_VERSION, SEQ_MASK
 
 __all__ = [
@@ -521,6 +521,7 @@ def _parse_line(line: bytes, max_content_bytes: int) -> tuple[str, int, tuple[An
         obj.get("tags"),
         obj.get("project"),
         max_content_bytes=max_content_bytes,
+        categories=ANY_CATEGORY,  # an exported row was accepted once; a typo check here would strand it
     )
     return op_id, seq, fields
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,12 +13,12 @@ from typing import Any
 import msgspec
 
 from ._errors import JournalError
-from ._journal import Journal, _check_row
+from ._journal import Journal, _check_row, _row_damage, readable, sanitize_rows
 from ._records import id_to_seq
 from ._recovery import _PAGE, STATES, _size
-from ._schema import APPLICATION_ID, RANK_SHIFT, SCHEMA_VERSION, SEQ_MASK
+from ._schema import APPLICATION_ID, MIGRATIONS, RANK_SHIFT, SCHEMA_VERSION, SEQ_MASK
 
-__all__ = ["CompactReport", "Problem", "VerifyReport", "compact", "verify"]
+__all__ = ["CompactReport", "Problem", "SalvageReport", "VerifyReport", "compact", "salvage", "verify"]
 
 log = logging.getLogger("memwal")
 
@@ -69,37 +70,49 @@ def verify(journal: Journal, *, repair: bool = False) -> VerifyReport:
     checked = quarantined = 0
     bad: list[tuple[str, int, str, str]] = []  # state, key, id, detail
     for state, (table, where, _) in STATES.items():
-        for k, op_id, crc, payload, reason in _scan(journal, table, where):
+        for k, op_id, crc, payload, reason, attempts in _scan(journal, table, where):
             checked += 1
-            detail = _damage(k, op_id, crc, payload)
+            detail = _damage(k, op_id, crc, payload, attempts)
             if not detail:
                 continue
-            if state == "dead" and detail in (reason or ""):
+            if state == "dead" and (detail in (reason or "") or _quarantined(reason)):
                 quarantined += 1
                 continue
-            bad.append((state, k, op_id, detail))
+            bad.append((state, k, readable(op_id), detail))
     fixed = _repair(journal, bad) if repair and bad else set()
     problems += [Problem(where=s, id=i, detail=d, repaired=k in fixed) for s, k, i, d in bad]
     return VerifyReport(checked=checked, problems=problems, quarantined=quarantined)
 
 
+# Reasons a row was dead-lettered for damage (by a consumer's checks or by --repair):
+# such a row stays damaged (its repair may even change how, a TEXT payload becoming a
+# BLOB that fails its checksum), so it counts as quarantined, not as a new problem.
+_DAMAGE_REASONS = ("damaged: ", "checksum ", "undecodable payload", "payload stored as ", "id column ",
+                   "attempts stored as ")
+
+
+def _quarantined(reason: Any) -> bool:
+    return isinstance(reason, str) and reason.startswith(_DAMAGE_REASONS)
+
+
 def _scan(journal: Journal, table: str, where: str) -> Iterator[tuple[Any, ...]]:
     reason = "reason" if table == "dead" else "NULL"
+    attempts = "0" if table == "done" else "attempts"
     after = -1
     while rows := journal._read(
-        f"SELECT k, id, crc, payload, {reason} FROM {table} WHERE {where} AND k > ? ORDER BY k LIMIT ?",
+        f"SELECT k, id, crc, payload, {reason}, {attempts} FROM {table} WHERE {where} AND k > ? ORDER BY k LIMIT ?",
         (after, _PAGE),
     ):
         yield from rows
         after = rows[-1][0]
 
 
-def _damage(k: int, op_id: str, crc: int, payload: bytes) -> str:
+def _damage(k: int, op_id: Any, crc: Any, payload: Any, attempts: Any) -> str:
     op, detail = _check_row(payload, crc)
     if op is None:
         return detail
-    if op.id != op_id:
-        return f"payload id {op.id} does not match the row's id"
+    if detail := _row_damage(op, op_id, attempts):
+        return detail
     try:
         seq = id_to_seq(op.id)
     except ValueError:
@@ -121,6 +134,7 @@ def _repair(journal: Journal, bad: list[tuple[str, int, str, str]]) -> set[int]:
     def txn(c: sqlite3.Connection, part: list[tuple[str, int, str, str]]) -> set[int]:
         for state, k, _, detail in part:
             table = STATES[state][0]
+            sanitize_rows(c, table, [k])  # the dead letter must read back as text
             if table == "dead":
                 c.execute(
                     "UPDATE dead SET reason = ? || '; was: ' || reason WHERE k = ?", (f"damaged: {detail}", k)
@@ -189,3 +203,195 @@ def compact(journal: Journal) -> CompactReport:
         bytes_after=_size(journal.path) + _size(wal),
         checkpoint_complete=not busy,
     )
+
+
+# -- salvage -----------------------------------------------------------------------
+
+
+class SalvageReport(msgspec.Struct, frozen=True, kw_only=True):
+    """``saved`` rows copied; ``lost`` an estimate of the rows on unreadable pages
+    (from the density of the keys around each gap); ``gaps`` the key ranges skipped."""
+
+    saved: int
+    lost: int
+    gaps: list[tuple[str, int, int]]  # (table, first unreadable key bound, next readable key)
+    errors: list[str]
+
+
+_COLUMNS = {
+    "ops": "k, state, attempts, not_before, lease_owner, lease_until, last_error, id, category, created_at, crc, payload",
+    "dead": "k, attempts, reason, dead_at, id, category, created_at, crc, payload",
+    "done": "k, delivered_at, id, category, created_at, crc, payload",
+    "held": "k, holder, held_at, attempts, not_before, lease_owner, lease_until, last_error,"
+    " id, category, created_at, crc, payload",
+}
+_MAX_KEY = (1 << 63) - 1
+
+
+def salvage(source: str | Path, out: str | Path) -> SalvageReport:
+    """Copy every row that can still be read from a damaged journal into a new one.
+
+    Each table is read along its primary key in chunks; where a read fails (a page
+    SQLite cannot parse), the smallest key from which reading works again is found by
+    bisection, so only the rows on unreadable pages are lost. Leased rows are copied
+    as pending (their leases belonged to the damaged file's consumers).
+
+    Example:
+        >>> salvage("agent.journal", "saved.journal").saved
+        1990
+    """
+    out = Path(out)
+    if out.exists():
+        raise JournalError("the salvage target exists; name a new file", path=str(out))
+    scratch = out.with_name(f".{out.name}.salvage-source")
+    src = _open_source(Path(source), scratch)
+    target = Journal(out)
+    try:
+        target.open()
+        saved = lost = 0
+        gaps: list[tuple[str, int, int]] = []
+        errors: list[str] = []
+        for table, cols in _COLUMNS.items():
+            s, g, e = _copy_table(src, target, table, cols)
+            saved += s
+            gaps += [(table, lo, hi) for lo, hi, _ in g]
+            lost += sum(n for _, _, n in g)
+            errors += e
+        return SalvageReport(saved=saved, lost=lost, gaps=gaps, errors=errors)
+    finally:
+        src.close()
+        target.close()
+        for leftover in (scratch, Path(f"{scratch}-wal"), Path(f"{scratch}-shm")):
+            leftover.unlink(missing_ok=True)
+
+
+def _open_source(path: Path, scratch: Path) -> sqlite3.Connection:
+    """A connection to a copy of ``path`` (and its WAL) whose table definitions are
+    rewritten from memwal's own DDL, so a damaged schema text does not hide the rows."""
+    if not path.is_file():
+        raise JournalError("no such journal file", path=str(path))
+    try:
+        shutil.copyfile(path, scratch)
+        wal = Path(f"{path}-wal")
+        if wal.exists():
+            shutil.copyfile(wal, f"{scratch}-wal")
+        src = sqlite3.connect(scratch, isolation_level=None)
+    except (OSError, sqlite3.Error) as exc:
+        raise JournalError(f"cannot open for salvage: {exc}", path=str(path)) from exc
+    try:
+        src.execute("PRAGMA writable_schema=ON")
+        for stmt in MIGRATIONS[1]:
+            if stmt.startswith("CREATE TABLE"):
+                name = stmt.split()[2]
+                src.execute("UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = ?", (stmt, name))
+        src.execute("PRAGMA writable_schema=OFF")
+    except sqlite3.Error as exc:
+        log.warning("salvage: cannot rewrite the schema of the copy (%s); reading it as it is", exc)
+    src.close()
+    src = sqlite3.connect(scratch, isolation_level=None)
+    src.text_factory = bytes  # a value that is not UTF-8 is copied as it is, for verify to judge
+    return src
+
+
+def _read_from(src: sqlite3.Connection, table: str, cols: str, after: int, n: int) -> list[Any]:
+    return src.execute(f"SELECT {cols} FROM {table} WHERE k > ? ORDER BY k LIMIT ?", (after, n)).fetchall()
+
+
+def _copy_table(
+    src: sqlite3.Connection, target: Journal, table: str, cols: str
+) -> tuple[int, list[tuple[int, int, int]], list[str]]:
+    saved, after, n = 0, -1, _PAGE
+    gaps: list[tuple[int, int, int]] = []
+    errors: list[str] = []
+    recent: list[int] = []  # the last keys saved, for the key density around a gap
+    gap: tuple[int, int] | None = None  # a gap waiting for the keys after it
+    while after < _MAX_KEY:
+        try:
+            rows = _read_from(src, table, cols, after, n)
+        except sqlite3.DatabaseError as exc:
+            if after == -1 and "no such table" in str(exc):
+                errors.append(f"{table}: {exc}")
+                break
+            if n > 1:  # a bad page lies within the next n rows: read up to it
+                n //= 2
+                continue
+            nxt = _next_readable(src, table, cols, after)
+            if nxt is None:
+                errors.append(f"{table}: nothing readable after key {after}: {exc}")
+                gaps.append((after, _MAX_KEY, _estimate(recent, [], after, after)))
+                break
+            gap, after, n = (after, nxt), nxt - 1, _PAGE
+            continue
+        if gap is not None:
+            gaps.append((*gap, _estimate(recent, rows, *gap)))
+            gap = None
+        if not rows:
+            break
+        _insert(target, table, cols, rows)
+        saved += len(rows)
+        after, n = int(rows[-1][0]), _PAGE
+        recent = [*recent, *(int(r[0]) for r in rows[-100:])][-100:]
+    if gap is not None:
+        gaps.append((*gap, _estimate(recent, [], *gap)))
+    return saved, gaps, errors
+
+
+def _next_readable(src: sqlite3.Connection, table: str, cols: str, after: int) -> int | None:
+    """The smallest x > after such that reading from key x - 1 on works (bisection)."""
+
+    def ok(x: int) -> bool:
+        try:
+            _read_from(src, table, cols, x - 1, 1)
+            return True
+        except sqlite3.DatabaseError:
+            return False
+
+    lo, hi = after + 1, _MAX_KEY
+    if not ok(hi):
+        return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _estimate(before: list[int], after_rows: list[Any], lo: int, hi: int) -> int:
+    """Rows likely lost in the key gap (lo, hi): its width times the key density beside it."""
+    keys = before + [int(r[0]) for r in after_rows[:100]]
+    if hi <= lo:
+        return 0
+    if len(keys) < 2 or keys[-1] == keys[0]:
+        return 1
+    density = (len(keys) - 1) / (keys[-1] - keys[0])
+    # At least one page of rows like its neighbours (a lost leaf): key density alone
+    # undercounts when appends around the gap came at a different pace.
+    sizes = [len(r[-1]) for r in after_rows[:100] if isinstance(r[-1], bytes)]
+    per_page = _PAGE_BYTES // (sum(sizes) // len(sizes) + _CELL_OVERHEAD) if sizes else 1
+    return max(1, per_page, round((hi - lo) * density))
+
+
+_PAGE_BYTES = 4096  # SQLite's default page size, which memwal journals use
+_CELL_OVERHEAD = 140  # a row's columns besides the payload, with cell and page headers, measured
+
+
+def _insert(target: Journal, table: str, cols: str, rows: list[Any]) -> None:
+    names = [c.strip() for c in cols.split(",")]
+    values = [tuple(_text(v) if n in ("id", "category", "reason", "last_error", "lease_owner", "holder") else v
+                    for n, v in zip(names, r, strict=True)) for r in rows]
+    if table == "ops":  # leases of the damaged file's consumers mean nothing here
+        values = [(*v[:1], 0, *v[2:4], None, None, *v[6:]) for v in values]
+    sql = f"INSERT OR IGNORE INTO {table} ({cols}) VALUES ({', '.join('?' * len(names))})"
+    target._write(lambda c: c.executemany(sql, values), removes=())
+
+
+def _text(value: Any) -> Any:
+    """Text read as bytes: back to str, keeping bytes that are not UTF-8 (verify will see them)."""
+    if not isinstance(value, bytes):
+        return value
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("utf-8", "backslashreplace")

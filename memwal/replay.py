@@ -424,6 +424,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    if args.salvage:
+        return _salvage(args)
     with _journal(args) as j:
         r = repair.verify(j, repair=args.repair)
     for p in r.problems:
@@ -437,6 +439,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if not r.ok and not args.repair:
         _out(f"run `{PROG} verify --repair {args.journal}` to move damaged rows to dead letters")
     return 0 if r.ok else 1
+
+
+def _salvage(args: argparse.Namespace) -> int:
+    r = repair.salvage(args.journal, args.salvage)
+    for table, lo, hi in r.gaps:
+        _out(f"LOST      {table:<10} keys {lo:#x}..{hi:#x}: on pages SQLite cannot read")
+    for e in r.errors:
+        _out(f"ERROR     {e}")
+    _out(f"saved {r.saved} rows into {args.salvage}; about {r.lost} lost on unreadable pages")
+    return 1 if r.gaps or r.errors else 0
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
@@ -480,7 +492,8 @@ EXAMPLES = {
     "  memwal-replay requeue agent.journal --id 0190a5c1-7b2e-7c3d-8e4f-0123456789ab",
     "export": "  memwal-replay export agent.journal --state dead --output dead.jsonl",
     "import": "  memwal-replay import new.journal dead.jsonl --create",
-    "verify": "  memwal-replay verify agent.journal\n  memwal-replay verify agent.journal --repair",
+    "verify": "  memwal-replay verify agent.journal\n  memwal-replay verify agent.journal --repair"
+    "\n  memwal-replay verify --salvage saved.journal agent.journal",
     "compact": "  memwal-replay compact agent.journal --retention 86400",
 }
 
@@ -592,6 +605,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--create", action="store_true", help="create JOURNAL if it does not exist")
     p = add("verify", cmd_verify, "integrity check, schema version, every payload's checksum")
     p.add_argument("--repair", action="store_true", help="move damaged rows to dead letters")
+    p.add_argument(
+        "--salvage",
+        metavar="OUT",
+        help="copy every row that can still be read from a damaged (malformed) JOURNAL into the new journal OUT",
+    )
     p = add("compact", cmd_compact, "delete delivered rows past retention, checkpoint, VACUUM")
     p.add_argument(
         "--retention",

@@ -50,9 +50,15 @@ _INSERT_BATCH = f"""INSERT OR IGNORE INTO memories ({_COLUMNS})
            json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'),
            json_extract(value, '$[6]'), json_extract(value, '$[7]'), json_extract(value, '$[8]')
     FROM json_each(?)"""
+_INSERT_ROW = f"INSERT OR IGNORE INTO memories ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _enc = msgspec.json.Encoder()
 _meta = msgspec.json.Decoder(dict[str, Any])
 _tags = msgspec.json.Decoder(tuple[str, ...])
+
+
+def _plain(r: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A batch row for _INSERT_ROW: metadata and tags as the JSON text json_extract would give."""
+    return (*r[:3], _enc.encode(r[3]).decode(), r[4], _enc.encode(r[5]).decode(), *r[6:])
 
 
 def _row(r: sqlite3.Row | tuple[Any, ...]) -> Memory:
@@ -228,9 +234,15 @@ class SQLiteSink(Sink):
         # one SQLite call instead of a Python round trip (and GIL hand-off) per row.
         # One statement in autocommit mode is one transaction, FTS5 trigger included.
         batch = _enc.encode(rows)
+        nul: list[tuple[Any, ...]] = []
+        if b"\\u0000" in batch:  # json_extract cuts text at a NUL: such rows go in as plain values
+            nul = [_plain(r) for r in rows if "\x00" in r[2] or (r[6] is not None and "\x00" in r[6])]
+            batch = _enc.encode([r for r in rows if "\x00" not in r[2] and (r[6] is None or "\x00" not in r[6])])
         try:
             await self._apply_durability(db)
             await db.execute(_INSERT_BATCH, (batch,))
+            if nul:  # a second transaction: a retry after a failure between the two re-inserts nothing twice
+                await db.executemany(_INSERT_ROW, nul)
         except sqlite3.Error as exc:
             # busy, locked, disk full, I/O: all may pass; the consumer retries.
             raise SinkUnavailable(f"memory store {self.path}: {exc}") from exc
