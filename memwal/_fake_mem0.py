@@ -113,7 +113,8 @@ def _cosine(a: Counter[str], b: Counter[str]) -> float:
     if not a or not b:
         return 0.0
     dot = sum(n * b[w] for w, n in a.items() if w in b)
-    return dot / ((sum(n * n for n in a.values()) * sum(n * n for n in b.values())) ** 0.5)
+    norm = sum(n * n for n in a.values()) * sum(n * n for n in b.values())
+    return float(dot / norm**0.5)
 
 
 def _tie(rec_id: str) -> int:
@@ -247,7 +248,9 @@ class FakeMem0:
             setattr(self.faults, k, v)
 
     def fill(self, count: int, *, prefix: str = "other-user", users: int = 50) -> None:
-        """Store ``count`` OSS memories of ``users`` other users (random sentences), instantly.
+        """Store ``count`` OSS memories of ``users`` users (random sentences), instantly.
+
+        ``users=1`` gives them all to the user named ``prefix``.
 
         A table this large makes ``/search`` approximate (see ``exact_below``), as on a
         real deployment where other users' memories share the table.
@@ -255,7 +258,8 @@ class FakeMem0:
         words = [f"w{n}" for n in range(2000)]
         for n in range(count):
             text = " ".join(self._rng.choice(words) for _ in range(8))
-            self._store(text, "user", {"user_id": f"{prefix}-{n % users}"}, {"memwal_id": f"fill-{n}"}, False)
+            user = prefix if users == 1 else f"{prefix}-{n % users}"
+            self._store(text, "user", {"user_id": user}, {"memwal_id": f"fill-{prefix}-{n}"}, False)
 
     def count_by(self, key: str = "memwal_id") -> Counter[Any]:
         """How many stored memories carry each value of metadata ``key``."""
