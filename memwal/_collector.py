@@ -349,7 +349,7 @@ class AsyncMemoryCollector:
     def stats(self) -> CollectorStats:
         """A frozen snapshot of counters and journal depth."""
         cache = None if self.cache is None else self.cache.statistics()
-        return snapshot(self.counters, self.journal.counts(), cache)
+        return snapshot(self.counters, self.journal.counts(), cache, self.sink)
 
     def health(self) -> Health:
         """A frozen Health snapshot: status and reasons, depth, latencies, rates, sinks.

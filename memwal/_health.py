@@ -17,7 +17,7 @@ import msgspec
 from ._config import Config
 from ._journal import Journal
 from ._schema import RANK_SHIFT, SEQ_MASK
-from ._stats import HistogramWindow
+from ._stats import HistogramWindow, sink_concurrency
 
 __all__ = ["Alert", "Health", "HealthMonitor", "Percentiles", "SinkHealth", "evaluate", "read_journal"]
 
@@ -94,6 +94,7 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     journal_bytes: int
     wal_bytes: int
     memory_bytes: int | None
+    sink_concurrency: dict[str, dict[str, float]] = {}  # see CollectorStats.sink_concurrency
 
 
 class Alert(msgspec.Struct, frozen=True, kw_only=True):
@@ -330,6 +331,7 @@ class HealthMonitor:
             batch_sizes=_percentiles(c.batch_sizes.since(int(base.get("batch_n", 0)))),
             sinks=sinks, cache_hit_rate=_cache_hit_rate(col),
             journal_bytes=view.journal_bytes, wal_bytes=view.wal_bytes, memory_bytes=memory_bytes(),
+            sink_concurrency=sink_concurrency(col.sink),
         )
         dead_in_window = int(delta["dead"])
         status, reasons = evaluate(health, config, dead_in_window=dead_in_window)

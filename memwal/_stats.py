@@ -8,7 +8,7 @@ from array import array
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -231,9 +231,22 @@ class CollectorStats(msgspec.Struct, frozen=True, kw_only=True):
     cache_evictions: int = 0
     cache_size: int = 0
     cache_hit_rate: float = 0.0
+    # a remote sink's adaptive concurrency, by sink name: limit, in_flight, queued, min_rtt, ...
+    sink_concurrency: dict[str, dict[str, float]] = {}
 
 
-def snapshot(c: Counters, journal: JournalCounts, cache: CacheStatistics | None = None) -> CollectorStats:
+def sink_concurrency(sink: Any) -> dict[str, dict[str, float]]:
+    """The adaptive concurrency of ``sink`` and of a FallbackSink's sinks (those that have one), by name."""
+    out: dict[str, dict[str, float]] = {}
+    for s in (sink, *getattr(sink, "sinks", ())):
+        get = getattr(s, "concurrency", None)
+        if callable(get):
+            out[s.name] = {k: float(v) for k, v in get().items()}
+    return out
+
+
+def snapshot(c: Counters, journal: JournalCounts, cache: CacheStatistics | None = None,
+             sink: Any = None) -> CollectorStats:
     p50, p99 = c.collect_us.percentiles(0.5, 0.99)
     return CollectorStats(
         collected=c.collected,
@@ -257,4 +270,5 @@ def snapshot(c: Counters, journal: JournalCounts, cache: CacheStatistics | None 
         cache_evictions=cache.evictions if cache else 0,
         cache_size=cache.size if cache else 0,
         cache_hit_rate=cache.hit_rate if cache else 0.0,
+        sink_concurrency=sink_concurrency(sink),
     )
