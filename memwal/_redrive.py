@@ -70,6 +70,7 @@ def sink_from_uri(
             user_id=user_id or env.get("MEMWAL_MEM0_USER_ID"),
             agent_id=agent_id or env.get("MEMWAL_MEM0_AGENT_ID"),
             run_id=run_id or env.get("MEMWAL_MEM0_RUN_ID"),
+            lookup_first=True,  # a replayed operation may have reached mem0 before it was given up on
         )
         return sink
     raise ConfigError(

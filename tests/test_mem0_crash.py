@@ -55,7 +55,8 @@ async def test_sigkill_while_mem0_is_slow_then_restart(tmp_path: Path) -> None:
             printed += await crash_once(journal, fake, 300)
             in_mem0_at_kill = len(fake.memories) - 1500
             config = load_config({"journal": {"poll_interval": 0.01}})
-            sink = Mem0Sink(fake.url, user_id="crash", ledger=f"{journal}.mem0-ledger")
+            # settle: the fake handles every request within its 0.2 s latency
+            sink = Mem0Sink(fake.url, user_id="crash", ledger=f"{journal}.mem0-ledger", settle=1)
             async with AsyncMemoryCollector(journal, sink, config=config) as c:
                 await c.flush_queue(timeout=60)
                 assert c.journal.counts().dead == 0

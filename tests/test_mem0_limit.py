@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 from memwal import Mem0Sink, load_config
+from memwal._errors import CircuitOpen
 from memwal._records import IdGenerator, MemoryOperation
 from memwal._sinks._limit import AdaptiveLimit
 from memwal.testing import FakeMem0
@@ -119,18 +120,17 @@ async def test_timeout_counts_from_send_not_while_waiting_for_a_slot() -> None:
 async def test_operations_without_a_slot_in_time_are_handed_back_unsent() -> None:
     async with FakeMem0(api="oss", latency=0.5) as fake:
         sink = Mem0Sink(fake.url, user_id="u", timeout=2)
-        # a delivery may start requests for operation_timeout - timeout = 0.5 s: one round of two
+        # operation_timeout - timeout leaves less than the margin: a delivery may start
+        # requests for operation_timeout / 4 = 0.625 s, two rounds of two at most
         sink.bind(load_config({"performance": {"max_concurrent_ops": 2, "adaptive_concurrency": False,
                                                "operation_timeout": 2.5}}), time.monotonic)
         async with sink:
             batch = ops(8)
             report = await sink.deliver(batch)
-        assert report is not None
-        from memwal._errors import CircuitOpen
-
-        unsent = [i for i, e in report.failed.items() if isinstance(e, CircuitOpen)]
-        assert len(unsent) == len(report.failed) >= 4 and len(fake.memories) == 8 - len(unsent)
-        assert sink.ledger.state(unsent) == {}  # never sent: no look-up when they come back
+            assert report is not None
+            unsent = [i for i, e in report.failed.items() if isinstance(e, CircuitOpen)]
+            assert len(unsent) == len(report.failed) >= 4 and len(fake.memories) == 8 - len(unsent)
+            assert sink.ledger.state(unsent) == {}  # never sent: no look-up when they come back
         assert fake.requests["POST /memories"] == len(fake.memories)
 
 

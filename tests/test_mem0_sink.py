@@ -55,7 +55,7 @@ async def fake() -> AsyncIterator[FakeMem0]:
 
 @pytest.fixture
 async def sink(fake: FakeMem0) -> AsyncIterator[Mem0Sink]:
-    async with Mem0Sink(fake.url, api_key=KEY, user_id="agent-1", timeout=5) as s:
+    async with Mem0Sink(fake.url, api_key=KEY, user_id="agent-1", timeout=5, settle=0) as s:
         yield s
 
 
@@ -220,7 +220,7 @@ async def test_redelivery_of_a_stored_operation_is_skipped(fake: FakeMem0, api: 
 async def test_timeout_is_transient_and_the_retry_adds_no_duplicate(fake: FakeMem0) -> None:
     fake.configure(latency=0.5, only_add=True)
     op = make_op()
-    async with Mem0Sink(fake.url, api_key=KEY, user_id="u", timeout=0.1) as s:
+    async with Mem0Sink(fake.url, api_key=KEY, user_id="u", timeout=0.1, settle=0) as s:
         report = await s.deliver([op])
         assert report is not None
         err = report.failed[op.id]
@@ -302,7 +302,7 @@ async def test_fallback_holds_everything_while_down_then_reconciles_exactly_once
     port = fake.port
     await fake.stop()
     store = SQLiteSink(store_path)
-    mem0 = Mem0Sink(fake.url, api_key=KEY, user_id="agent-1", timeout=1)
+    mem0 = Mem0Sink(fake.url, api_key=KEY, user_id="agent-1", timeout=1, settle=0.5)
     sink = FallbackSink(mem0, store)
     async with AsyncMemoryCollector(journal_path, sink, config=fast_config()) as c:
         ids = [await c.collect_async("decision", f"decision {i}") for i in range(200)]
@@ -326,7 +326,7 @@ async def test_lost_answers_on_a_large_table_are_not_stored_twice(fake: FakeMem0
     # whose answers were lost after the server stored them.
     fake.fill(3000)
     fake.configure(drop_next=10, only_add=True)
-    sink = Mem0Sink(fake.url, api_key=KEY, user_id="agent-1", timeout=2)
+    sink = Mem0Sink(fake.url, api_key=KEY, user_id="agent-1", timeout=2, settle=0.5)
     async with AsyncMemoryCollector(journal_path, sink, config=fast_config()) as c:
         ids = [await c.collect_async("knowledge", f"fact number {i} about the build") for i in range(100)]
         await c.flush_queue(timeout=60)
@@ -350,3 +350,21 @@ async def test_lookup_by_content_when_the_entity_has_1000_memories_or_more(fake:
     assert sink.counts["found"] == 30 and fake.requests["POST /memories"] == 30  # 22 known here, 8 looked up
     assert fake.count_by() == {**{f"fill-other-user-{n}": 1 for n in range(3000)},
                                **{f"fill-agent-1-{n}": 1 for n in range(1200)}, **{op.id: 1 for op in ops}}
+
+
+async def test_a_suspect_is_looked_up_only_once_its_last_send_has_settled(fake: FakeMem0) -> None:
+    # The real server goes on with a request its client gave up on; a look-up sent at
+    # once can overtake it and find nothing. So the look-up waits ``settle`` seconds.
+    op = make_op()
+    async with Mem0Sink(fake.url, api_key=KEY, user_id="u", settle=30) as s:
+        fake.configure(drop_next=1, only_add=True)
+        assert await s.deliver([op]) is not None
+        before = sum(fake.requests.values())
+        report = await s.deliver([op])
+        assert report is not None
+        err = report.failed[op.id]
+        assert isinstance(err, SinkUnavailable) and err.retry_after is not None and 25 < err.retry_after <= 30
+        assert sum(fake.requests.values()) == before and s.counts["settling"] == 1  # nothing sent meanwhile
+        s.settle = 0
+        assert await s.deliver([op]) is None and s.counts["found"] == 1
+    assert fake.count_by() == {op.id: 1}

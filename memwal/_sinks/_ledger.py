@@ -56,20 +56,22 @@ class SendLedger:
             self._db.execute(_SCHEMA)
         self._pruned = 0.0
 
-    def state(self, ids: Sequence[str]) -> dict[str, str | None]:
-        """The marked ones among ``ids``: id -> mem0 id (None: sent, outcome unknown)."""
-        out: dict[str, str | None] = {}
+    def state(self, ids: Sequence[str]) -> dict[str, tuple[str | None, float]]:
+        """The marked ones among ``ids``: id -> (mem0 id or None if the outcome is unknown, time of the mark)."""
+        out: dict[str, tuple[str | None, float]] = {}
         with self._lock:
             for i in range(0, len(ids), CHUNK):
                 part = list(ids[i : i + CHUNK])
                 marks = ",".join("?" * len(part))
-                out.update(self._db.execute(f"SELECT id, mem0_id FROM sent WHERE id IN ({marks})", part).fetchall())
+                rows = self._db.execute(f"SELECT id, mem0_id, at FROM sent WHERE id IN ({marks})", part).fetchall()
+                out.update((k, (m, at)) for k, m, at in rows)
         return out
 
     def mark(self, ids: Iterable[str]) -> None:
-        """Before sending: these may reach mem0 from now on (kept marks keep their mem0 id)."""
+        """Before sending: these may reach mem0 from now on (a mark with a mem0 id is kept as it is)."""
         now = time.time()
-        self._write("INSERT OR IGNORE INTO sent (id, mem0_id, at) VALUES (?, NULL, ?)", [(i, now) for i in ids])
+        self._write("INSERT INTO sent (id, mem0_id, at) VALUES (?, NULL, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET at = excluded.at WHERE mem0_id IS NULL", [(i, now) for i in ids])
 
     def stored(self, mem0_ids: dict[str, str]) -> None:
         """mem0 answered that it stored these (memwal id -> mem0 id)."""

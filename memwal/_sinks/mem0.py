@@ -204,8 +204,13 @@ class Mem0Sink(Sink):
     (the memory itself is at distance ~0, first among the index's candidates; this
     misses only if 40 or more memories in the whole table are as close to the text:
     identical texts). On the platform, by the metadata filter of ``POST /v3/memories/``.
-    The remaining limit: an add the server has not yet handled when the look-up runs is
-    not seen (a server handling requests in order handles the add first).
+    A server goes on with a request after its client gave up (the real one does), and a
+    look-up overtakes it, so a suspect is looked up only ``settle`` seconds after its
+    last send (default: the time a delivery may start requests plus twice ``timeout``);
+    until then it is retried later with that ``retry_after``. The remaining limit: a
+    server that handles a request more than ``settle`` seconds after it was sent.
+    ``lookup_first=True`` looks every operation up before its first add here, for
+    operations whose history is unknown (``memwal-replay replay`` of dead letters).
 
     Example:
         >>> sink = Mem0Sink("http://127.0.0.1:8888", api_key="m0sk_...", user_id="agent-1",
@@ -228,6 +233,8 @@ class Mem0Sink(Sink):
         timeout: float | None = None,
         platform_add: Literal["v3", "v1"] = "v3",
         ledger: str | os.PathLike[str] | None = None,
+        lookup_first: bool = False,
+        settle: float | None = None,
     ) -> None:
         if api not in ("oss", "platform"):
             raise ConfigError(f"must be 'oss' or 'platform', got {api!r}", path="Mem0Sink.api")
@@ -254,7 +261,12 @@ class Mem0Sink(Sink):
         self._window: float | None = None  # seconds a delivery may start requests (None: unbound)
         self._session, self._owns = session, session is None
         self._closed = False
+        if settle is not None and settle < 0:
+            raise ConfigError(f"must be 0 or more, got {settle!r}", path="Mem0Sink.settle")
         self.ledger = SendLedger(ledger)
+        self.lookup_first = lookup_first
+        self._settle_arg = settle
+        self.settle = settle if settle is not None else 2 * self.timeout
         self._entity_large = False  # the entity has 1000+ memories: a listing cannot be complete
         self.mem0_ids: LRUCache[str, str] = LRUCache(maxsize=100_000)  # memwal id -> mem0 id
         # added, found, transient, rejected, ambiguous, not_sent, lookups, lookup_list, lookup_search
@@ -276,8 +288,11 @@ class Mem0Sink(Sink):
         self.limiter = AdaptiveLimit(self.limit, adaptive=perf.adaptive_concurrency)
         # A delivery starts requests only while each can still end inside the consumer's
         # operation_timeout; operations left then are handed back unsent (no attempt used).
-        window = perf.operation_timeout - self.timeout
-        self._window = window if window > 0 else perf.operation_timeout / 2
+        # The margin covers the thread hops and look-ups before the first request.
+        window = perf.operation_timeout - self.timeout - max(1.0, perf.operation_timeout / 10)
+        self._window = window if window > 0 else perf.operation_timeout / 4
+        if self._settle_arg is None:
+            self.settle = self._window + 2 * self.timeout
 
     def concurrency(self) -> dict[str, float | int]:
         """The adaptive concurrency limit now: limit, in_flight, queued, min_rtt, last_rtt, backoffs."""
@@ -311,6 +326,11 @@ class Mem0Sink(Sink):
             if deadline is not None:
                 raise _Failed(CircuitOpen(f"{what}: not sent: mem0 is at its concurrency limit "
                                           f"({self.limiter.snapshot()['limit']} in flight)"), maybe_stored=False)
+        try:
+            http = self._http()
+        except SinkUnavailable as exc:
+            self.limiter.release(None)
+            raise _Failed(exc, maybe_stored=False) from None
         state: dict[str, bool] = {"sent": not self._owns}  # an injected session has no trace: assume sent
         rtt: float | None = None
         overload = False
@@ -318,7 +338,7 @@ class Mem0Sink(Sink):
         try:
             try:
                 with anyio.fail_after(self.timeout):
-                    async with self._http().request(
+                    async with http.request(
                         method, self.base_url + path, data=None if body is None else _enc.encode(body),
                         params=params, headers=self.headers, allow_redirects=False, trace_request_ctx=state,
                         timeout=aiohttp.ClientTimeout(total=None),
@@ -370,14 +390,27 @@ class Mem0Sink(Sink):
                 self._found(op, mem0_id, "stored by this process")
             else:
                 rest.append(op)
+        if self._closed:
+            raise SinkUnavailable(f"{self.name} is closed")
         marks = await anyio.to_thread.run_sync(self.ledger.state, [op.id for op in rest]) if rest else {}
-        suspects = [op for op in rest if op.id in marks and marks[op.id] is None]
-        fresh = [op for op in rest if op.id not in marks]
+        now = time.time()
+        suspects, fresh = [], []
         for op in rest:
-            stored_as = marks.get(op.id)
-            if stored_as is not None:
-                self.mem0_ids[op.id] = stored_as
-                self._found(op, stored_as, "in the ledger")
+            mark = marks.get(op.id)
+            if mark is None:
+                fresh.append(op)
+            elif mark[0] is not None:
+                self.mem0_ids[op.id] = mark[0]
+                self._found(op, mark[0], "in the ledger")
+            elif now - mark[1] < self.settle:  # its last send may still be in progress at mem0
+                wait = self.settle - (now - mark[1])
+                self.counts["settling"] += 1
+                run.failed[op.id] = SinkUnavailable(f"operation {op.id}: an earlier attempt may still be in "
+                                                    f"progress at mem0; looked up in {wait:.1f}s", retry_after=wait)
+            else:
+                suspects.append(op)
+        if self.lookup_first:
+            suspects, fresh = suspects + fresh, []
         await anyio.to_thread.run_sync(self.ledger.mark, [op.id for op in fresh])
         deadline = None if self._window is None else anyio.current_time() + self._window
         todo = [(op, False) for op in fresh]
@@ -415,6 +448,7 @@ class Mem0Sink(Sink):
                 self._found(op, present[op.id], "looked up")
             else:
                 todo.append((op, True))
+        await anyio.to_thread.run_sync(self.ledger.mark, [op.id for op, _ in todo])  # a new send: a new time
         return todo
 
     async def _send_all(self, todo: list[tuple[MemoryOperation, bool]], run: _Delivery,
