@@ -320,9 +320,10 @@ class Mem0Sink(Sink):
         if deadline is None:
             await self.limiter.acquire()
         else:
-            with anyio.move_on_after(deadline - anyio.current_time()):
-                await self.limiter.acquire()
-                deadline = None
+            if anyio.current_time() < deadline:  # (acquire takes a free slot without a checkpoint)
+                with anyio.move_on_after(deadline - anyio.current_time()):
+                    await self.limiter.acquire()
+                    deadline = None
             if deadline is not None:
                 raise _Failed(CircuitOpen(f"{what}: not sent: mem0 is at its concurrency limit "
                                           f"({self.limiter.snapshot()['limit']} in flight)"), maybe_stored=False)
