@@ -46,6 +46,7 @@ class AdaptiveLimit:
         self.in_flight = 0
         self.min_rtt = float("inf")
         self.last_rtt = 0.0
+        self.high_rtt = 0.0  # the slowest answer of the last window
         self.increases = self.decreases = self.backoffs = 0
         self._waiters: collections.deque[anyio.Event] = collections.deque()
         self._window: list[float] = []
@@ -117,6 +118,8 @@ class AdaptiveLimit:
         if self._answers < max(4, int(self.limit)):
             return
         window, overloaded, full = self._window, self._overload, self._full
+        if window:
+            self.high_rtt = max(window)
         self._window, self._answers, self._overload, self._full = [], 0, False, False
         self._decide(window, overloaded, full)
 

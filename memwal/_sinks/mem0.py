@@ -258,7 +258,7 @@ class Mem0Sink(Sink):
         self.timeout = timeout if timeout is not None else _UNBOUND.operation_timeout / 2
         self.limit = _UNBOUND.max_concurrent_ops
         self.limiter = AdaptiveLimit(self.limit, adaptive=_UNBOUND.adaptive_concurrency)
-        self._window: float | None = None  # seconds a delivery may start requests (None: unbound)
+        self._window: float | None = None  # seconds a delivery may last (None: unbound)
         self._session, self._owns = session, session is None
         self._closed = False
         if settle is not None and settle < 0:
@@ -286,13 +286,14 @@ class Mem0Sink(Sink):
         if self._timeout_arg is None:
             self.timeout = perf.operation_timeout / 2
         self.limiter = AdaptiveLimit(self.limit, adaptive=perf.adaptive_concurrency)
-        # A delivery starts requests only while each can still end inside the consumer's
-        # operation_timeout; operations left then are handed back unsent (no attempt used).
-        # The margin covers the thread hops and look-ups before the first request.
-        window = perf.operation_timeout - self.timeout - max(1.0, perf.operation_timeout / 10)
-        self._window = window if window > 0 else perf.operation_timeout / 4
+        # A delivery must end inside the consumer's operation_timeout (less a margin for
+        # the thread hops before the first request): it starts a request only while one
+        # of the slowest recent answers still fits (see _start_by), each request's
+        # timeout is cut to the time left, and operations left are handed back unsent
+        # (no attempt used).
+        self._window = perf.operation_timeout - max(1.0, perf.operation_timeout / 10)
         if self._settle_arg is None:
-            self.settle = self._window + 2 * self.timeout
+            self.settle = self._window + self.timeout
 
     def concurrency(self) -> dict[str, float | int]:
         """The adaptive concurrency limit now: limit, in_flight, queued, min_rtt, last_rtt, backoffs."""
@@ -317,14 +318,19 @@ class Mem0Sink(Sink):
         sent (CircuitOpen: the consumer hands the row back without using an attempt).
         """
         what = f"{method} {path}"
+        timeout = self.timeout
         if deadline is None:
             await self.limiter.acquire()
         else:
-            if anyio.current_time() < deadline:  # (acquire takes a free slot without a checkpoint)
-                with anyio.move_on_after(deadline - anyio.current_time()):
+            end, start_by = deadline, self._start_by(deadline)
+            acquired = False
+            if anyio.current_time() < start_by:  # (acquire takes a free slot without a checkpoint)
+                with anyio.move_on_after(start_by - anyio.current_time()):
                     await self.limiter.acquire()
-                    deadline = None
-            if deadline is not None:
+                    acquired = True
+            if acquired:
+                timeout = max(0.001, min(self.timeout, end - anyio.current_time()))
+            else:
                 raise _Failed(CircuitOpen(f"{what}: not sent: mem0 is at its concurrency limit "
                                           f"({self.limiter.snapshot()['limit']} in flight)"), maybe_stored=False)
         try:
@@ -338,7 +344,7 @@ class Mem0Sink(Sink):
         started = time.monotonic()
         try:
             try:
-                with anyio.fail_after(self.timeout):
+                with anyio.fail_after(timeout):
                     async with http.request(
                         method, self.base_url + path, data=None if body is None else _enc.encode(body),
                         params=params, headers=self.headers, allow_redirects=False, trace_request_ctx=state,
@@ -347,9 +353,9 @@ class Mem0Sink(Sink):
                         raw = await resp.read()
             except TimeoutError as exc:
                 overload = state["sent"]
-                raise _Failed(SinkUnavailable(f"{what}: no answer within {self.timeout:g}s of sending; "
+                raise _Failed(SinkUnavailable(f"{what}: no answer within {timeout:g}s of sending; "
                                               "outcome unknown" if state["sent"] else
-                                              f"{what}: not sent within {self.timeout:g}s (connecting)"),
+                                              f"{what}: not sent within {timeout:g}s (connecting)"),
                               maybe_stored=state["sent"]) from exc
             except aiohttp.ClientConnectorError as exc:  # never connected: certainly not sent
                 raise _Failed(SinkUnavailable(f"{what}: {type(exc).__name__}: {exc}"), maybe_stored=False) from exc
@@ -371,6 +377,11 @@ class Mem0Sink(Sink):
                               maybe_stored=True) from exc
         finally:
             self.limiter.release(rtt, overload=overload)
+
+    def _start_by(self, end: float) -> float:
+        """The last moment to start a request that must end by ``end``: room for four
+        of the slowest recent answers (at least 1 s, at most ``timeout``)."""
+        return end - min(self.timeout, max(1.0, 4 * self.limiter.high_rtt))
 
     async def _call(self, method: str, path: str, body: Any = None, params: Mapping[str, str] | None = None) -> Any:
         """``_request`` for reads and look-ups: raises the SinkUnavailable / SinkRejected itself."""
@@ -413,7 +424,7 @@ class Mem0Sink(Sink):
         if self.lookup_first:
             suspects, fresh = suspects + fresh, []
         await anyio.to_thread.run_sync(self.ledger.mark, [op.id for op in fresh])
-        deadline = None if self._window is None else anyio.current_time() + self._window
+        deadline = None if self._window is None else anyio.current_time() + self._window  # the end
         todo = [(op, False) for op in fresh]
         try:
             if suspects:
