@@ -143,3 +143,21 @@ async def test_against_a_server_with_a_capacity_the_limit_stays_small_and_nothin
             snap = sink.concurrency()
         assert 2 <= snap["limit"] <= 12 and snap["min_rtt"] > 0
         assert sink.counts["ambiguous"] == 0 and len(fake.memories) == 600
+
+
+async def test_the_limit_shows_in_stats_health_and_metrics(tmp_path: Any) -> None:
+    from memwal import AsyncMemoryCollector
+    from memwal._metrics import metrics_text
+
+    async with FakeMem0(api="oss") as fake:
+        sink = Mem0Sink(fake.url, user_id="u")
+        config = load_config({"performance": {"max_concurrent_ops": 16}, "journal": {"poll_interval": 0.01}})
+        async with AsyncMemoryCollector(tmp_path / "j.journal", sink, config=config) as c:
+            await c.collect_async("bug", "one")
+            await c.flush_queue(timeout=30)
+            stats, health, text = c.stats(), c.health(), metrics_text(c)
+    assert stats.sink_concurrency["Mem0Sink(oss)"]["limit"] == 2  # the start: it grows when the limit is used
+    assert health.sink_concurrency["Mem0Sink(oss)"]["limit"] == 2
+    assert health.sink_concurrency["Mem0Sink(oss)"]["in_flight"] == 0
+    assert 'memwal_sink_concurrency_limit{sink="Mem0Sink(oss)"} 2' in text
+    assert 'memwal_sink_requests_in_flight{sink="Mem0Sink(oss)"} 0' in text
