@@ -30,7 +30,7 @@ from ._records import CategoryRules, Memory, MemoryCategory, Priority, validate
 from ._sinks.base import Sink
 from ._sinks.call import require_async_deliver
 from ._sinks.sqlite import SQLiteSink
-from ._stats import CollectorStats, Counters, snapshot
+from ._stats import CollectorStats, Counters, sink_concurrency, snapshot
 from ._vocab import CollectHelpers
 
 __all__ = ["AsyncMemoryCollector"]
@@ -137,6 +137,7 @@ class AsyncMemoryCollector(CollectHelpers[Awaitable[str]]):
         self.monitor = HealthMonitor(HealthInputs(
             journal=self.journal, counters=self.counters, config=lambda: self.config, breakers=self._breakers,
             batch_size=self._batch_size, cache=lambda: None if self.cache is None else self.cache.statistics(),
+            sink_concurrency=lambda: sink_concurrency(self.sink),
         ), clock=clock)
         self._reader = Reader(self.journal, sink, self.cache, self.counters,
                               timeout=self.config.performance.operation_timeout)
@@ -661,7 +662,7 @@ class AsyncMemoryCollector(CollectHelpers[Awaitable[str]]):
         """
         cache = None if self.cache is None else self.cache.statistics()
         counts, age = self.monitor.journal_counts()
-        return snapshot(self.counters, counts, cache, journal_age=age)
+        return snapshot(self.counters, counts, cache, journal_age=age, sink=self.sink)
 
     def _journal_unusable(self, exc: JournalError) -> None:
         # collect() raises JournalError("collector is stopped, journal unusable: ...") from now on.

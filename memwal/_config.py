@@ -95,10 +95,15 @@ class PerformanceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     collector on the same journal delivers (the journal is shared by design), and
     ``flush_queue`` waits for that process. Set on a live collector, 0 stops leasing (a
     batch already leased still goes out).
+
+    ``adaptive_concurrency`` lets a remote sink (Mem0Sink) find how many requests the
+    server handles at once from its latency and overload answers, between 1 and
+    ``max_concurrent_ops``; off, it keeps ``max_concurrent_ops`` requests in flight.
     """
 
     operation_timeout: PositiveSeconds = 15.0
     max_concurrent_ops: PositiveInt = 128
+    adaptive_concurrency: bool = True
     max_inflight_batches: NonNegativeInt = 4
     health_check_interval: PositiveSeconds = 60.0
 

@@ -14,7 +14,16 @@ object): ``latency`` seconds per request; ``error_rate`` with ``error_status``;
 ``retry_after`` is set); ``drop_next`` requests whose connection is closed without an
 answer after the request was handled (an add is stored first: the ambiguous case);
 ``down``: ``"503"`` answers 503, ``"close"`` drops every connection, None is up;
-``only_add`` limits the faults (latency too) to add requests. ``GET /_control`` reports the faults,
+``only_add`` limits the faults (latency too) to add requests.
+
+Like the real server (mem0 2.0.18 on pgvector, measured; mem0-api.md appendix):
+``capacity`` adds (and searches: both embed the text) per second, ``workers`` of them
+handled at once and the rest queued in arrival order (0: unlimited, the default);
+``/search`` is approximate once the store holds more than ``exact_below`` memories:
+the ``ef_search`` memories nearest the query (cosine of word counts, over every
+user's memories) are the candidates, and only then are the filters applied, so a
+filtered search with an unrelated query misses memories that exist; ``top_k`` above
+1000 answers 422. ``GET /_control`` reports the faults,
 requests per endpoint, memory count and requests in flight; ``GET /_control/memories``
 lists every memory; ``POST /_control/reset`` empties the store and the counters.
 """
@@ -54,6 +63,8 @@ _OPS = set(_OPFUNCS)
 # aiohttp >= 3.12 warns on str keys in request storage; older versions lack RequestKey.
 _BODY: Any = web.RequestKey("body", object) if hasattr(web, "RequestKey") else "body"
 _ADD_ROUTES = {"POST /memories", "POST /v3/memories/add/", "POST /v1/memories/"}
+# Requests the real server embeds text for (CPU work that bounds its capacity).
+_EMBED_ROUTES = _ADD_ROUTES | {"POST /search", "POST /v3/memories/search/", "POST /v2/memories/search/"}
 
 
 @dataclasses.dataclass
@@ -69,6 +80,10 @@ class Faults:
     drop_next: int = 0
     down: str | None = None
     only_add: bool = False
+    capacity: float = 0.0
+    workers: int = 2
+    ef_search: int = 40
+    exact_below: int = 1000
 
 
 class _Reply(Exception):
@@ -87,6 +102,28 @@ def _words(text: str) -> set[str]:
 def _score(query: str, text: str) -> float:
     q = _words(query)
     return len(q & _words(text)) / len(q) if q else 0.0
+
+
+def _vector(text: str) -> Counter[str]:
+    """A bag of words standing in for an embedding (identical texts: similarity 1)."""
+    return Counter(re.findall(r"\w+", text.lower()))
+
+
+def _cosine(a: Counter[str], b: Counter[str]) -> float:
+    if not a or not b:
+        return 0.0
+    dot = sum(n * b[w] for w, n in a.items() if w in b)
+    norm = sum(n * n for n in a.values()) * sum(n * n for n in b.values())
+    return float(dot / norm**0.5)
+
+
+def _tie(rec_id: str) -> int:
+    """A stable pseudo-random order among equally near memories (an index has no better one)."""
+    return int(hashlib.md5(rec_id.encode()).hexdigest()[:8], 16)
+
+
+TOP_K_MAX = 1000
+_TOP_K_422 = {"type": "less_than_equal", "msg": "Input should be less than or equal to 1000", "ctx": {"le": 1000}}
 
 
 def _is_uuid(s: str) -> bool:
@@ -194,6 +231,9 @@ class FakeMem0:
         self.events: dict[str, dict[str, Any]] = {}
         self.requests: Counter[str] = Counter()
         self.in_flight = 0
+        self.queued = 0  # embedding requests waiting for a worker (capacity)
+        self._busy = 0
+        self._free = asyncio.Condition()
         self.url = ""
         self.port = 0
         self._rng = random.Random(seed)
@@ -206,6 +246,20 @@ class FakeMem0:
             if k not in Faults.__dataclass_fields__:
                 raise ValueError(f"unknown fault {k!r}; choose from {', '.join(Faults.__dataclass_fields__)}")
             setattr(self.faults, k, v)
+
+    def fill(self, count: int, *, prefix: str = "other-user", users: int = 50) -> None:
+        """Store ``count`` OSS memories of ``users`` users (random sentences), instantly.
+
+        ``users=1`` gives them all to the user named ``prefix``.
+
+        A table this large makes ``/search`` approximate (see ``exact_below``), as on a
+        real deployment where other users' memories share the table.
+        """
+        words = [f"w{n}" for n in range(2000)]
+        for n in range(count):
+            text = " ".join(self._rng.choice(words) for _ in range(8))
+            user = prefix if users == 1 else f"{prefix}-{n % users}"
+            self._store(text, "user", {"user_id": user}, {"memwal_id": f"fill-{prefix}-{n}"}, False)
 
     def count_by(self, key: str = "memwal_id") -> Counter[Any]:
         """How many stored memories carry each value of metadata ``key``."""
@@ -220,7 +274,14 @@ class FakeMem0:
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            reason = exc.strerror or str(exc)
+            reason = reason.rsplit("): ", 1)[-1]  # asyncio prefixes "error while attempting to bind ..."
+            raise OSError(exc.errno, f"cannot listen on {host}:{port}: {reason}") from None
         self.port = self._runner.addresses[0][1]
         self.url = f"http://{host}:{self.port}"
         return self.url
@@ -309,11 +370,29 @@ class FakeMem0:
             self._fail(f.error_status)
         request[_BODY] = self._parse(raw, platform) if request.method in ("POST", "PUT") else None
         self._auth(request, platform)
+        if f.capacity > 0 and name in _EMBED_ROUTES:
+            await self._work(1.0 / f.capacity * max(1, f.workers))
         resp: web.StreamResponse = await handler(request)
         if faulty and f.drop_next > 0:
             f.drop_next -= 1
             request.transport.close()  # type: ignore[union-attr]  # handled, never answered
         return resp
+
+    async def _work(self, seconds: float) -> None:
+        """Hold one of ``workers`` for ``seconds`` (the embedding); later requests queue in order."""
+        async with self._free:
+            self.queued += 1
+            try:
+                await self._free.wait_for(lambda: self._busy < max(1, self.faults.workers))
+            finally:
+                self.queued -= 1
+            self._busy += 1
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            async with self._free:
+                self._busy -= 1
+                self._free.notify_all()
 
     def _fail(self, status: int) -> None:
         headers = {}
@@ -363,6 +442,7 @@ class FakeMem0:
                platform: bool, actor: str | None = None) -> dict[str, Any]:
         now = _now()
         rec: dict[str, Any] = {"id": str(uuid.uuid4()), "memory": text, "hash": hashlib.md5(text.encode()).hexdigest(),
+                               "vector": _vector(text),
                                "created_at": now, "updated_at": now, "platform": platform,
                                **{k: ids.get(k) for k in _P_ENTITY}}
         if platform:
@@ -504,19 +584,42 @@ class FakeMem0:
         body = self._schema(request[_BODY], {"query": str})
         if not body["query"].strip():
             raise _Reply(400, {"detail": "Invalid query: cannot be empty or whitespace-only."})
+        top_k = self._top_k(body.get("top_k"), ("body", "top_k"), 20)
         filters = self._oss_filters(body)
-        top_k, threshold = body.get("top_k") or 20, body.get("threshold")
+        threshold = body.get("threshold")
         threshold = 0.1 if threshold is None else threshold
         _check_ops(filters)
-        recs = self._select(filters, False)
-        hits = [(_score(body["query"], r["memory"]), r) for r in recs if _oss_match(filters, r["payload"])]
+        query = _vector(body["query"])
+        pool = self._own(False)
+        if len(pool) > self.faults.exact_below:
+            # The index scan yields the ef_search nearest memories of every user; the
+            # WHERE clause is applied to those candidates only (pgvector < 0.8).
+            near = sorted(pool, key=lambda r: (-_cosine(query, r["vector"]), _tie(r["id"])))
+            recs = near[: self.faults.ef_search]
+        else:  # a small table: Postgres scans it whole, so the search is exact
+            recs = self._select(filters, False)
+        hits = [(_cosine(query, r["vector"]), r) for r in recs if _oss_match(filters, r["payload"])]
         hits = [h for h in hits if h[0] >= threshold]
-        hits.sort(key=lambda h: -h[0])
-        return web.json_response({"results": [self._oss_item(r, s) for s, r in hits[:top_k]]})
+        hits.sort(key=lambda h: (-h[0], _tie(h[1]["id"])))
+        return web.json_response({"results": [self._oss_item(r, s) for s, r in hits[: max(top_k * 4, 60)][:top_k]]})
+
+    @staticmethod
+    def _top_k(value: Any, loc: tuple[str, ...], default: int) -> int:
+        """``top_k`` as the server validates it: an int of at most 1000, else 422."""
+        if value is None:
+            return default
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            raise _Reply(422, {"detail": [{"type": "int_parsing", "loc": list(loc), "input": value,
+                                           "msg": "Input should be a valid integer"}]}) from None
+        if n > TOP_K_MAX:
+            raise _Reply(422, {"detail": [{**_TOP_K_422, "loc": list(loc), "input": value}]})
+        return n
 
     async def _oss_list(self, request: web.Request) -> web.Response:
         q = request.query
-        top_k = int(q.get("top_k", 20))
+        top_k = self._top_k(q.get("top_k"), ("query", "top_k"), 20)
         ids = {k: q[k] for k in _ENTITY if q.get(k)}
         recs = self._own(False)
         if not ids:  # admin listing: raw rows
@@ -551,6 +654,7 @@ class FakeMem0:
         self._drop(rec)
         if "text" in body:
             rec["memory"] = rec["payload"]["data"] = body["text"]
+            rec["vector"] = _vector(body["text"])
         if isinstance(body.get("metadata"), dict):
             rec["payload"].update(body["metadata"])
             meta = {k: v for k, v in rec["payload"].items() if k not in _PROMOTED and k not in _INTERNAL}
@@ -703,7 +807,8 @@ class FakeMem0:
 
     async def _control_get(self, request: web.Request) -> web.Response:
         return web.json_response({"faults": dataclasses.asdict(self.faults), "requests": dict(self.requests),
-                                  "memories": len(self.memories), "in_flight": self.in_flight})
+                                  "memories": len(self.memories), "in_flight": self.in_flight,
+                                  "queued": self.queued})
 
     async def _control_post(self, request: web.Request) -> web.Response:
         try:
@@ -734,10 +839,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--api", default="oss", choices=("oss", "platform", "both"))
     ap.add_argument("--api-key", default=None, help="require this key (omit: auth disabled)")
     ap.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
+    ap.add_argument("--capacity", type=float, default=0.0,
+                    help="adds+searches per second the server can do, like the real one (about 30); 0: unlimited")
+    ap.add_argument("--workers", type=int, default=2, help="requests handled at once under --capacity (the rest queue)")
     args = ap.parse_args(argv)
 
     async def serve() -> None:
-        fake = FakeMem0(api=args.api, api_key=args.api_key, latency=args.latency)
+        fake = FakeMem0(api=args.api, api_key=args.api_key, latency=args.latency, capacity=args.capacity,
+                        workers=args.workers)
         url = await fake.start(args.host, args.port)
         print(f"fake-mem0 ({args.api}) listening on {url}", flush=True)
         await asyncio.Event().wait()
@@ -746,6 +855,8 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(serve())
     except KeyboardInterrupt:
         pass
+    except OSError as exc:  # a busy port: one line, not a traceback
+        raise SystemExit(f"fake-mem0: {exc.strerror}") from None
 
 
 if __name__ == "__main__":

@@ -113,6 +113,7 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     faults: dict[str, int] = msgspec.field(default_factory=dict)
     #: Failed batches split in halves to isolate the operations at fault.
     bisections: int = 0
+    sink_concurrency: dict[str, dict[str, float]] = {}  # see CollectorStats.sink_concurrency
 
 
 class Alert(msgspec.Struct, frozen=True, kw_only=True):
@@ -257,6 +258,7 @@ class HealthInputs:
     breakers: Callable[[], Sequence[CircuitBreaker]]
     batch_size: Callable[[], int]
     cache: Callable[[], CacheStatistics | None] = lambda: None
+    sink_concurrency: Callable[[], dict[str, dict[str, float]]] = dict  # a remote sink's adaptive limit
 
 
 class HealthMonitor:
@@ -391,7 +393,7 @@ class HealthMonitor:
             batch_sizes=_percentiles(c.batch_sizes.since(int(base.get("batch_n", 0)))),
             sinks=sinks, cache_hit_rate=None if cache is None else cache.hit_rate,
             journal_bytes=view.journal_bytes, wal_bytes=view.wal_bytes, memory_bytes=memory_bytes(),
-            journal_age=age, faults=dict(c.faults), bisections=c.bisections,
+            journal_age=age, faults=dict(c.faults), bisections=c.bisections, sink_concurrency=inp.sink_concurrency(),
         )
         dead_in_window = int(delta["dead"])
         status, reasons = evaluate(health, config, dead_in_window=dead_in_window)

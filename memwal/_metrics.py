@@ -124,6 +124,10 @@ def families(h: Health) -> list[MetricFamily]:
                  h.bisections),
         _gauge("journal_gauges_age_seconds", "Age of the journal gauges (read off the event loop).",
                [Sample(h.journal_age)]),
+        _gauge("sink_concurrency_limit", "A remote sink's adaptive limit on requests in flight.",
+               [Sample(c["limit"], {"sink": n}) for n, c in sorted(h.sink_concurrency.items())]),
+        _gauge("sink_requests_in_flight", "A remote sink's requests in flight now.",
+               [Sample(c["in_flight"], {"sink": n}) for n, c in sorted(h.sink_concurrency.items())]),
     ]
     if h.cache_hit_rate is not None:
         fams.append(_gauge("cache_hit_ratio", "Read cache hits per lookup.", [Sample(h.cache_hit_rate)]))

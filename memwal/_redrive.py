@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import anyio
 import msgspec
@@ -65,11 +65,12 @@ def sink_from_uri(
         base = ("http://" if api == "oss" else "https://") + rest[2:]
         sink: Sink = Mem0Sink(
             base,
-            api=api,
+            api=cast("Literal['oss', 'platform']", api),  # Mem0Sink checks it
             api_key=api_key or env.get("MEMWAL_MEM0_API_KEY"),
             user_id=user_id or env.get("MEMWAL_MEM0_USER_ID"),
             agent_id=agent_id or env.get("MEMWAL_MEM0_AGENT_ID"),
             run_id=run_id or env.get("MEMWAL_MEM0_RUN_ID"),
+            lookup_first=True,  # a replayed operation may have reached mem0 before it was given up on
         )
         return sink
     raise ConfigError(

@@ -8,7 +8,7 @@ from array import array
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -250,10 +250,23 @@ class CollectorStats(msgspec.Struct, frozen=True, kw_only=True):
     faults: dict[str, int] = msgspec.field(default_factory=dict)
     #: Seconds since the journal counts (pending, leased, dead, held) were read, off the loop.
     journal_age: float = 0.0
+    #: A remote sink's adaptive concurrency, by sink name: limit, in_flight, queued, min_rtt, ...
+    sink_concurrency: dict[str, dict[str, float]] = {}
+
+
+def sink_concurrency(sink: Any) -> dict[str, dict[str, float]]:
+    """The adaptive concurrency of ``sink`` and of a FallbackSink's sinks (those that have one), by name."""
+    out: dict[str, dict[str, float]] = {}
+    for s in (sink, *getattr(sink, "sinks", ())):
+        get = getattr(s, "concurrency", None)
+        if callable(get):
+            out[s.name] = {k: float(v) for k, v in get().items()}
+    return out
 
 
 def snapshot(
-    c: Counters, journal: JournalCounts, cache: CacheStatistics | None = None, *, journal_age: float = 0.0
+    c: Counters, journal: JournalCounts, cache: CacheStatistics | None = None, *, journal_age: float = 0.0,
+    sink: Any = None,
 ) -> CollectorStats:
     p50, p99 = c.collect_us.percentiles(0.5, 0.99)
     return CollectorStats(
@@ -281,4 +294,5 @@ def snapshot(
         bisections=c.bisections,
         faults=dict(c.faults),
         journal_age=journal_age,
+        sink_concurrency=sink_concurrency(sink),
     )

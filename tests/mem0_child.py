@@ -2,6 +2,7 @@
 
 Usage: python tests/mem0_child.py JOURNAL MEM0_URL COUNT
 Each id is printed only after collect_async returned (it is committed to the journal).
+The sink's ledger sits beside the journal, so the restarted process knows what was in flight.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from memwal import AsyncMemoryCollector, Mem0Sink, load_config
 
 async def main(journal: str, url: str, count: int) -> None:
     config = load_config({"async_collection": {"batch_size": 20}, "journal": {"poll_interval": 0.01}})
-    async with AsyncMemoryCollector(journal, Mem0Sink(url, user_id="crash"), config=config) as c:
+    async with AsyncMemoryCollector(journal, Mem0Sink(url, user_id="crash", ledger=journal + ".mem0-ledger"), config=config) as c:
         for i in range(count):
             op_id = await c.collect_async("operation", f"crash test memory {i}")
             print(op_id, flush=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import anyio
 import pytest
 
 from memwal.testing import FakeMem0
@@ -258,3 +259,69 @@ def test_tools_fake_mem0_serves_on_loopback() -> None:
         proc.wait(timeout=10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+# -- like the real server (mem0 2.0.18 on pgvector, measured) ---------------------------------
+
+
+async def test_search_is_exact_on_a_small_table_and_approximate_on_a_large_one(
+    fake: FakeMem0, http: aiohttp.ClientSession
+) -> None:
+    ids = []
+    for i in range(20):
+        await call(http, fake, "POST", "/memories", add_body(f"agent note number {i}", memwal_id=f"m{i}"), OSS)
+        ids.append(f"m{i}")
+    lookup = {"query": "memwal_id lookup", "filters": {"user_id": "agent-1", "memwal_id": {"in": ids}},
+              "top_k": 40, "threshold": 0}
+    _, small, _ = await call(http, fake, "POST", "/search", lookup, OSS)
+    assert len(small["results"]) == 20  # a small table is scanned whole
+    fake.fill(3000)
+    _, large, _ = await call(http, fake, "POST", "/search", lookup, OSS)
+    assert len(large["results"]) < 5  # candidates are the nearest 40 of 3,020, then the filter
+    own = {"query": "agent note number 7", "filters": {"user_id": "agent-1", "memwal_id": "m7"}, "threshold": 0}
+    _, found, _ = await call(http, fake, "POST", "/search", own, OSS)
+    assert [r["metadata"]["memwal_id"] for r in found["results"]] == ["m7"]  # its own text is nearest
+
+
+async def test_top_k_above_1000_is_422(fake: FakeMem0, http: aiohttp.ClientSession) -> None:
+    status, body, _ = await call(http, fake, "GET", "/memories?user_id=a&top_k=1001", headers=OSS)
+    assert status == 422 and body["detail"][0]["loc"] == ["query", "top_k"]
+    assert (await call(http, fake, "GET", "/memories?user_id=a&top_k=1000", headers=OSS))[0] == 200
+    status, body, _ = await call(http, fake, "POST", "/search", {"query": "x", "user_id": "a", "top_k": 5000}, OSS)
+    assert status == 422 and body["detail"][0]["loc"] == ["body", "top_k"]
+
+
+async def test_capacity_handles_workers_at_once_and_queues_the_rest(fake: FakeMem0,
+                                                                    http: aiohttp.ClientSession) -> None:
+    fake.configure(capacity=40, workers=2)  # 50 ms per add, two at a time
+    most_busy = 0
+
+    async def watch() -> None:
+        nonlocal most_busy
+        while True:
+            most_busy = max(most_busy, fake._busy)
+            await anyio.sleep(0.005)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        async with anyio.create_task_group() as adds:
+            for i in range(8):
+                adds.start_soon(call, http, fake, "POST", "/memories", add_body(f"m {i}"), OSS)
+            with anyio.fail_after(10):
+                while fake.queued < 6:  # 8 sent, 2 handled, 6 waiting in order
+                    await anyio.sleep(0.005)
+        tg.cancel_scope.cancel()
+    assert most_busy == 2 and len(fake.memories) == 8 and fake.queued == 0
+
+
+def test_tools_fake_mem0_on_a_busy_port_says_so_in_one_line() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        out = subprocess.run([str(ROOT / "tools" / "fake-mem0"), "--port", str(port)], capture_output=True, check=False,
+                             text=True, timeout=60)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [f"fake-mem0: cannot listen on 127.0.0.1:{port}: address already in use"]

@@ -20,13 +20,21 @@ from helpers import FAST, fast_config, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memwal import AsyncMemoryCollector, FallbackSink, JournalError, Sink, SinkRejected, SinkUnavailable
+from memwal import (
+    AsyncMemoryCollector,
+    CircuitOpen,
+    DeliveryReport,
+    FallbackSink,
+    JournalError,
+    Sink,
+    SinkRejected,
+    SinkUnavailable,
+)
 from memwal._breaker import CircuitBreaker
 from memwal._config import CircuitBreakerConfig
 from memwal._consumer import journal_unusable
 from memwal._journal import Journal
 from memwal._records import MemoryOperation, Priority
-from memwal._sinks.base import DeliveryReport
 from memwal._sinks.call import SinkFault, call_sink, deliver_isolating, halves, should_bisect
 from memwal.testing import FlakySink, MemorySink
 
@@ -504,3 +512,14 @@ def test_bisection_delivers_every_good_item_once_and_isolates_every_bad_one(n: i
     assert sorted(x for p, o in parts if o is not None for x in p) == sorted(bad)
     assert all(len(p) == 1 for p, o in parts if o is not None)  # failures stand alone
     assert calls <= 1 + len(bad) * (math.ceil(math.log2(n)) + 1)  # log2(n) + 1 more per bad item
+
+
+def test_operations_a_sink_hands_back_unsent_do_not_count_against_its_breaker() -> None:
+    from memwal._sinks.call import record
+
+    breaker = CircuitBreaker("s", CircuitBreakerConfig(failure_threshold=1))
+    handed_back = DeliveryReport(failed={"a": CircuitOpen("no slot"), "b": CircuitOpen("no slot")})
+    record(breaker, handed_back, 2)
+    assert breaker.allow() and breaker.statistics().failures == 0
+    record(breaker, DeliveryReport(failed={"a": CircuitOpen("no slot"), "b": SinkUnavailable("503")}), 2)
+    assert not breaker.allow()  # the one it sent failed: that is a failure

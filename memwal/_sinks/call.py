@@ -95,18 +95,23 @@ def record(breaker: CircuitBreaker | None, outcome: Outcome, n: int) -> None:
     """Tell ``breaker`` how a call of ``n`` operations went: the one breaker rule.
 
     A rejection is an answer (the operations are at fault, the sink is up); a refusal
-    by an open breaker was no call. Every other exception, or a report that failed
-    every operation transiently, is a failure.
+    by an open breaker (or operations a sink hands back unsent) was no call. Every other
+    exception, or a report that failed every operation it sent transiently, is a failure.
     """
     if breaker is None or isinstance(outcome, CircuitOpen):
         return
     if isinstance(outcome, SinkRejected):
         breaker.record_success()
         return
-    every = outcome is not None and (
-        isinstance(outcome, BaseException)
-        or (len(outcome.failed) >= n and not any(isinstance(e, SinkRejected) for e in outcome.failed.values()))
-    )
+    if isinstance(outcome, DeliveryReport):
+        # Operations a sink handed back unsent (CircuitOpen in the report) were no call either.
+        errors = [e for e in outcome.failed.values() if not isinstance(e, CircuitOpen)]
+        tried = n - (len(outcome.failed) - len(errors))
+        if tried <= 0:
+            return
+        every = len(errors) >= tried and not any(isinstance(e, SinkRejected) for e in errors)
+    else:
+        every = outcome is not None
     (breaker.record_failure if every else breaker.record_success)()
 
 

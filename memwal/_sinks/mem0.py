@@ -6,11 +6,12 @@ import email.utils
 import hashlib
 import logging
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 import anyio
@@ -18,8 +19,10 @@ import msgspec
 from cachetools import LRUCache
 
 from .._config import PerformanceConfig
-from .._errors import ConfigError, SinkRejected, SinkUnavailable
+from .._errors import CircuitOpen, ConfigError, SinkRejected, SinkUnavailable
 from .._records import Memory, MemoryOperation, Priority
+from ._ledger import SendLedger
+from ._limit import AdaptiveLimit
 from .base import DeliveryReport, Sink
 
 if TYPE_CHECKING:
@@ -38,6 +41,7 @@ MEM0_RESERVED = frozenset({"data", "hash", "created_at", "updated_at", "user_id"
 OWN_KEYS = ("memwal_id", "category", "priority", "tags", "project", "memwal_created_at")
 ESCAPE = "memwal_meta_"
 LOOKUP_CHUNK = 100
+TOP_K_MAX = 1000  # the OSS server answers 422 above this
 _UNBOUND = PerformanceConfig()  # what the sink uses until bind() gives it the collector's
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
@@ -63,7 +67,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
-def classify(status: int, body: str, retry_after: str | None, *, what: str, now: float) -> Exception | None:
+def classify(status: int, body: str, retry_after: str | None, *, what: str,
+             now: float) -> SinkUnavailable | SinkRejected | None:
     """None for 2xx; SinkRejected for a permanent status; SinkUnavailable otherwise.
 
     408, 429 and 5xx are transient; 400, 401, 403, 404, 409, 413, 422 and any other
@@ -126,6 +131,12 @@ def decode_memory(item: Mapping[str, Any]) -> Memory | None:
                   stored_at=_timestamp(item.get("created_at")))
 
 
+def _memwal_id(item: Any) -> str | None:
+    meta = item.get("metadata") if isinstance(item, Mapping) else None
+    mid = meta.get("memwal_id") if isinstance(meta, Mapping) else None
+    return mid if isinstance(mid, str) else None
+
+
 def _items(body: Any) -> list[Any]:
     """The result list of an add, search or list answer: a bare list or ``{"results": [...]}``."""
     if isinstance(body, list):
@@ -134,29 +145,76 @@ def _items(body: Any) -> list[Any]:
     return results if isinstance(results, list) else []
 
 
+class _Failed(Exception):
+    """A request that failed: ``error`` for the consumer, ``maybe_stored`` if mem0 may have acted on it."""
+
+    def __init__(self, error: SinkUnavailable | SinkRejected, *, maybe_stored: bool, overload: bool = False) -> None:
+        super().__init__(str(error))
+        self.error, self.maybe_stored, self.overload = error, maybe_stored, overload
+
+
+# Answers that say the request was not acted on (rate limited, unavailable, request timeout).
+NOT_PROCESSED = frozenset({408, 429, 503})
+# Answers that say the server is overloaded: the concurrency limit backs off.
+OVERLOAD = frozenset({429, 502, 503, 504})
+
+
+def _trace_sent() -> aiohttp.TraceConfig:
+    """Marks a request's ``trace_request_ctx`` once its headers left: from then on it may be acted on."""
+
+    async def sent(_session: Any, ctx: Any, _params: Any) -> None:
+        if isinstance(ctx.trace_request_ctx, dict):
+            ctx.trace_request_ctx["sent"] = True
+
+    tc = aiohttp.TraceConfig()
+    tc.on_request_headers_sent.append(sent)
+    return tc
+
+
+class _Delivery:
+    """What one ``deliver`` call learnt, written to the ledger when it ends."""
+
+    def __init__(self) -> None:
+        self.failed: dict[str, SinkUnavailable | SinkRejected] = {}
+        self.stored: dict[str, str] = {}
+        self.unsent: list[str] = []  # fresh operations that certainly did not reach mem0
+
+
 class Mem0Sink(Sink):
     """Deliver each operation as one mem0 memory; read them back by memwal id.
 
     ``api="oss"`` speaks the self-hosted server (``POST /memories``, ``X-API-Key``);
     ``api="platform"`` the hosted one (``POST /v3/memories/add/``, or ``/v1/memories/``
     with ``platform_add="v1"``; ``Authorization: Token``). Each request gets ``timeout``
-    seconds; unset, half of ``performance.operation_timeout`` (a delivery is a lookup then
-    an add, both inside the consumer's budget), or 7.5 s unbound. Connections are capped
-    at ``performance.max_concurrent_ops`` (128 unbound). An injected ``session`` is used as
-    it is and never closed.
+    seconds from when it is sent (unset: half of ``performance.operation_timeout``, or
+    7.5 s unbound); it never waits for a connection: requests wait for a slot of the
+    adaptive concurrency limit (``performance.adaptive_concurrency``, at most
+    ``performance.max_concurrent_ops``; see ``_limit.py``), in arrival order, and the
+    connection pool has a connection for every slot. An injected ``session`` is used as
+    it is and never closed (then a request that failed after connecting counts as sent).
 
-    No duplicates after an ambiguous failure: mem0 has no idempotency key, so before
-    adding, every batch is looked up by ``memwal_id`` (one filtered request per 100
-    operations) and operations already in mem0 are not sent again. The rule is
-    "always look up" rather than "look up after a failure this process saw" because
-    the other ambiguous cases leave no trace here: a process killed mid-request, a
-    delivery cancelled by the consumer's timeout, rows another process had leased,
-    FallbackSink reconciliation. The cost is one request per batch. The limit: an add
-    the server is still processing when the lookup runs (the client gave up, the
-    server did not) is not seen; the lookup is sound once that request has ended.
+    Exactly once: mem0 has no idempotency key, so the sink keeps a ledger of the
+    operations it may have sent (``ledger``: a file shared by every process delivering
+    from one journal, and surviving a crash; None keeps it in this process only). An
+    operation never sent is added with no look-up (one request per memory). One whose
+    earlier attempt may have reached mem0 (a timeout after sending, a lost answer, a
+    5xx, a process killed mid-request, a cancelled delivery) is looked up first: on the
+    OSS server by listing the entity's memories when it has fewer than 1000 (exact),
+    else by a search whose query is the memory's own text, filtered by ``memwal_id``
+    (the memory itself is at distance ~0, first among the index's candidates; this
+    misses only if 40 or more memories in the whole table are as close to the text:
+    identical texts). On the platform, by the metadata filter of ``POST /v3/memories/``.
+    A server goes on with a request after its client gave up (the real one does), and a
+    look-up overtakes it, so a suspect is looked up only ``settle`` seconds after its
+    last send (default: the time a delivery may start requests plus twice ``timeout``);
+    until then it is retried later with that ``retry_after``. The remaining limit: a
+    server that handles a request more than ``settle`` seconds after it was sent.
+    ``lookup_first=True`` looks every operation up before its first add here, for
+    operations whose history is unknown (``memwal-replay replay`` of dead letters).
 
     Example:
-        >>> sink = Mem0Sink("http://127.0.0.1:8888", api_key="m0sk_...", user_id="agent-1")
+        >>> sink = Mem0Sink("http://127.0.0.1:8888", api_key="m0sk_...", user_id="agent-1",
+        ...                 ledger="agent.journal.mem0-ledger")
         >>> async with AsyncMemoryCollector("agent.journal", sink) as c:
         ...     await c.collect_async("bug", "build fails on arm64")
     """
@@ -165,7 +223,7 @@ class Mem0Sink(Sink):
         self,
         base_url: str,
         *,
-        api: str = "oss",
+        api: Literal["oss", "platform"] = "oss",
         api_key: str | None = None,
         user_id: str | None = None,
         agent_id: str | None = None,
@@ -173,7 +231,10 @@ class Mem0Sink(Sink):
         infer: bool = False,
         session: aiohttp.ClientSession | None = None,
         timeout: float | None = None,
-        platform_add: str = "v3",
+        platform_add: Literal["v3", "v1"] = "v3",
+        ledger: str | os.PathLike[str] | None = None,
+        lookup_first: bool = False,
+        settle: float | None = None,
     ) -> None:
         if api not in ("oss", "platform"):
             raise ConfigError(f"must be 'oss' or 'platform', got {api!r}", path="Mem0Sink.api")
@@ -196,10 +257,20 @@ class Mem0Sink(Sink):
         self._timeout_arg = timeout
         self.timeout = timeout if timeout is not None else _UNBOUND.operation_timeout / 2
         self.limit = _UNBOUND.max_concurrent_ops
+        self.limiter = AdaptiveLimit(self.limit, adaptive=_UNBOUND.adaptive_concurrency)
+        self._window: float | None = None  # seconds a delivery may last (None: unbound)
         self._session, self._owns = session, session is None
         self._closed = False
+        if settle is not None and settle < 0:
+            raise ConfigError(f"must be 0 or more, got {settle!r}", path="Mem0Sink.settle")
+        self.ledger = SendLedger(ledger)
+        self.lookup_first = lookup_first
+        self._settle_arg = settle
+        self.settle = settle if settle is not None else 2 * self.timeout
+        self._entity_large = False  # the entity has 1000+ memories: a listing cannot be complete
         self.mem0_ids: LRUCache[str, str] = LRUCache(maxsize=100_000)  # memwal id -> mem0 id
-        self.counts: Counter[str] = Counter()  # added, found, transient, rejected, lookups
+        # added, found, transient, rejected, ambiguous, not_sent, lookups, lookup_list, lookup_search
+        self.counts: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         counts = " ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
@@ -210,9 +281,23 @@ class Mem0Sink(Sink):
         return f"Mem0Sink({self.api})"
 
     def bind(self, config: Config, clock: Any) -> None:
-        self.limit = config.performance.max_concurrent_ops
+        perf = config.performance
+        self.limit = perf.max_concurrent_ops
         if self._timeout_arg is None:
-            self.timeout = config.performance.operation_timeout / 2
+            self.timeout = perf.operation_timeout / 2
+        self.limiter = AdaptiveLimit(self.limit, adaptive=perf.adaptive_concurrency)
+        # A delivery must end inside the consumer's operation_timeout (less a margin for
+        # the thread hops before the first request): it starts a request only while one
+        # of the slowest recent answers still fits (see _start_by), each request's
+        # timeout is cut to the time left, and operations left are handed back unsent
+        # (no attempt used).
+        self._window = perf.operation_timeout - max(1.0, perf.operation_timeout / 10)
+        if self._settle_arg is None:
+            self.settle = self._window + self.timeout
+
+    def concurrency(self) -> dict[str, float | int]:
+        """The adaptive concurrency limit now: limit, in_flight, queued, min_rtt, last_rtt, backoffs."""
+        return self.limiter.snapshot()
 
     # -- HTTP ------------------------------------------------------------------------
 
@@ -220,47 +305,179 @@ class Mem0Sink(Sink):
         if self._closed:
             raise SinkUnavailable(f"{self.name} is closed")
         if self._session is None:
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.limit))
+            # A connection for every slot of the limiter: no request waits in the pool.
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.limit),
+                                                  trace_configs=[_trace_sent()])
         return self._session
 
-    async def _request(self, method: str, path: str, body: Any = None, params: Mapping[str, str] | None = None) -> Any:
-        """One request; the decoded JSON answer, or SinkUnavailable / SinkRejected."""
+    async def _request(self, method: str, path: str, body: Any = None, params: Mapping[str, str] | None = None,
+                       *, deadline: float | None = None) -> Any:
+        """One request through the limiter; the decoded JSON answer, or raises _Failed.
+
+        ``deadline`` (anyio time) bounds the wait for a slot: past it the request is not
+        sent (CircuitOpen: the consumer hands the row back without using an attempt).
+        """
         what = f"{method} {path}"
+        timeout = self.timeout
+        if deadline is None:
+            await self.limiter.acquire()
+        else:
+            end, start_by = deadline, self._start_by(deadline)
+            acquired = False
+            if anyio.current_time() < start_by:  # (acquire takes a free slot without a checkpoint)
+                with anyio.move_on_after(start_by - anyio.current_time()):
+                    await self.limiter.acquire()
+                    acquired = True
+            if acquired:
+                timeout = max(0.001, min(self.timeout, end - anyio.current_time()))
+            else:
+                raise _Failed(CircuitOpen(f"{what}: not sent: mem0 is at its concurrency limit "
+                                          f"({self.limiter.snapshot()['limit']} in flight)"), maybe_stored=False)
         try:
-            async with self._http().request(
-                method, self.base_url + path, data=None if body is None else _enc.encode(body), params=params,
-                headers=self.headers, timeout=aiohttp.ClientTimeout(total=self.timeout), allow_redirects=False,
-            ) as resp:
-                raw = await resp.read()
-                err = classify(resp.status, raw.decode("utf-8", "replace"), resp.headers.get("Retry-After"),
-                               what=what, now=time.time())
-        except TimeoutError as exc:
-            raise SinkUnavailable(f"{what}: no answer within {self.timeout:g}s; outcome unknown") from exc
-        except aiohttp.ClientError as exc:
-            raise SinkUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
-        if err is not None:
-            raise err
+            http = self._http()
+        except SinkUnavailable as exc:
+            self.limiter.release(None)
+            raise _Failed(exc, maybe_stored=False) from None
+        state: dict[str, bool] = {"sent": not self._owns}  # an injected session has no trace: assume sent
+        rtt: float | None = None
+        overload = False
+        started = time.monotonic()
         try:
-            return _dec.decode(raw) if raw else None
-        except msgspec.DecodeError as exc:
-            raise SinkUnavailable(f"{what}: answer is not JSON: {raw[:200]!r}") from exc
+            try:
+                with anyio.fail_after(timeout):
+                    async with http.request(
+                        method, self.base_url + path, data=None if body is None else _enc.encode(body),
+                        params=params, headers=self.headers, allow_redirects=False, trace_request_ctx=state,
+                        timeout=aiohttp.ClientTimeout(total=None),
+                    ) as resp:
+                        raw = await resp.read()
+            except TimeoutError as exc:
+                overload = state["sent"]
+                raise _Failed(SinkUnavailable(f"{what}: no answer within {timeout:g}s of sending; "
+                                              "outcome unknown" if state["sent"] else
+                                              f"{what}: not sent within {timeout:g}s (connecting)"),
+                              maybe_stored=state["sent"]) from exc
+            except aiohttp.ClientConnectorError as exc:  # never connected: certainly not sent
+                raise _Failed(SinkUnavailable(f"{what}: {type(exc).__name__}: {exc}"), maybe_stored=False) from exc
+            except aiohttp.ClientError as exc:
+                raise _Failed(SinkUnavailable(f"{what}: {type(exc).__name__}: {exc}"),
+                              maybe_stored=state["sent"]) from exc
+            status = resp.status
+            overload = status in OVERLOAD
+            rtt = None if overload else time.monotonic() - started
+            err = classify(status, raw.decode("utf-8", "replace"), resp.headers.get("Retry-After"), what=what,
+                           now=time.time())
+            if err is not None:
+                raise _Failed(err, maybe_stored=isinstance(err, SinkUnavailable) and status not in NOT_PROCESSED,
+                              overload=overload)
+            try:
+                return _dec.decode(raw) if raw else None
+            except msgspec.DecodeError as exc:
+                raise _Failed(SinkUnavailable(f"{what}: answer is not JSON: {raw[:200]!r}"),
+                              maybe_stored=True) from exc
+        finally:
+            self.limiter.release(rtt, overload=overload)
+
+    def _start_by(self, end: float) -> float:
+        """The last moment to start a request that must end by ``end``: room for four
+        of the slowest recent answers (at least 1 s, at most ``timeout``)."""
+        return end - min(self.timeout, max(1.0, 4 * self.limiter.high_rtt))
+
+    async def _call(self, method: str, path: str, body: Any = None, params: Mapping[str, str] | None = None) -> Any:
+        """``_request`` for reads and look-ups: raises the SinkUnavailable / SinkRejected itself."""
+        try:
+            return await self._request(method, path, body, params)
+        except _Failed as f:
+            raise f.error from f.__cause__
 
     # -- delivery --------------------------------------------------------------------
 
     async def deliver(self, ops: Sequence[MemoryOperation]) -> DeliveryReport | None:
-        """Look the batch up by memwal_id, then add the missing ones concurrently."""
-        present = await self._find([op.id for op in ops])
+        """Add operations never sent at once; look up first only those an earlier attempt may have stored."""
+        run = _Delivery()
+        rest = []
         for op in ops:
+            mem0_id = self.mem0_ids.get(op.id)
+            if mem0_id is not None:
+                self._found(op, mem0_id, "stored by this process")
+            else:
+                rest.append(op)
+        if self._closed:
+            raise SinkUnavailable(f"{self.name} is closed")
+        marks = await anyio.to_thread.run_sync(self.ledger.state, [op.id for op in rest]) if rest else {}
+        now = time.time()
+        suspects, fresh = [], []
+        for op in rest:
+            mark = marks.get(op.id)
+            if mark is None:
+                fresh.append(op)
+            elif mark[0] is not None:
+                self.mem0_ids[op.id] = mark[0]
+                self._found(op, mark[0], "in the ledger")
+            elif now - mark[1] < self.settle:  # its last send may still be in progress at mem0
+                wait = self.settle - (now - mark[1])
+                self.counts["settling"] += 1
+                run.failed[op.id] = SinkUnavailable(f"operation {op.id}: an earlier attempt may still be in "
+                                                    f"progress at mem0; looked up in {wait:.1f}s", retry_after=wait)
+            else:
+                suspects.append(op)
+        if self.lookup_first:
+            suspects, fresh = suspects + fresh, []
+        await anyio.to_thread.run_sync(self.ledger.mark, [op.id for op in fresh])
+        deadline = None if self._window is None else anyio.current_time() + self._window  # the end
+        todo = [(op, False) for op in fresh]
+        try:
+            if suspects:
+                todo += await self._check(suspects, run)
+            await self._send_all(todo, run, deadline)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._settle_ledger, run)
+        return DeliveryReport(failed=run.failed) if run.failed else None
+
+    def _settle_ledger(self, run: _Delivery) -> None:
+        self.ledger.stored(run.stored)
+        self.ledger.unsent(run.unsent)
+        self.ledger.prune()
+
+    def _found(self, op: MemoryOperation, mem0_id: str, how: str) -> None:
+        self.counts["found"] += 1
+        log.info("operation %s is already in mem0 as %s (%s); not sent again", op.id, mem0_id, how)
+
+    async def _check(self, suspects: list[MemoryOperation], run: _Delivery) -> list[tuple[MemoryOperation, bool]]:
+        """Look up operations an earlier attempt may have stored; the ones to add (as suspects)."""
+        try:
+            present = await self._lookup(suspects)
+        except (SinkUnavailable, SinkRejected) as exc:
+            for op in suspects:
+                run.failed[op.id] = exc if isinstance(exc, SinkUnavailable) else SinkUnavailable(str(exc))
+            log.info("look-up of %d operations failed: %s", len(suspects), exc)
+            return []
+        todo = []
+        for op in suspects:
             if op.id in present:
-                self.counts["found"] += 1
-                self.mem0_ids[op.id] = present[op.id]["id"]
-                log.info("operation %s is already in mem0 as %s; not sent again", op.id, present[op.id]["id"])
-        failed: dict[str, SinkUnavailable | SinkRejected] = {}
+                self.mem0_ids[op.id] = run.stored[op.id] = present[op.id]
+                self._found(op, present[op.id], "looked up")
+            else:
+                todo.append((op, True))
+        await anyio.to_thread.run_sync(self.ledger.mark, [op.id for op, _ in todo])  # a new send: a new time
+        return todo
+
+    async def _send_all(self, todo: list[tuple[MemoryOperation, bool]], run: _Delivery,
+                        deadline: float | None) -> None:
+        """Add ``todo`` with a few workers: the limiter's queue then interleaves concurrent deliveries."""
+        if not todo:
+            return
+        queue = iter(todo)
+
+        async def worker() -> None:
+            for op, suspect in queue:
+                await self._add(op, suspect, run, deadline)
+
+        workers = min(len(todo), max(2, 2 * int(self.limiter.limit)))
         async with anyio.create_task_group() as tg:
-            for op in ops:
-                if op.id not in present:
-                    tg.start_soon(self._add, op, failed)
-        return DeliveryReport(failed=failed) if failed else None
+            for _ in range(workers):
+                tg.start_soon(worker)
 
     def _add_request(self, op: MemoryOperation) -> tuple[str, dict[str, Any]]:
         body: dict[str, Any] = {"messages": [{"role": "user", "content": op.content}], **self.entity,
@@ -272,34 +489,92 @@ class Mem0Sink(Sink):
             return "/v1/memories/", body
         return "/v3/memories/add/", body
 
-    async def _add(self, op: MemoryOperation, failed: dict[str, SinkUnavailable | SinkRejected]) -> None:
+    async def _add(self, op: MemoryOperation, suspect: bool, run: _Delivery, deadline: float | None) -> None:
         path, body = self._add_request(op)
         try:
-            answer = await self._request("POST", path, body)
-        except (SinkUnavailable, SinkRejected) as exc:
-            kind = "rejected" if isinstance(exc, SinkRejected) else "transient"
-            self.counts[kind] += 1
-            failed[op.id] = exc
-            log.info("mem0 add of operation %s failed (%s): %s", op.id, kind, exc)
+            answer = await self._request("POST", path, body, deadline=deadline)
+        except _Failed as f:
+            self._failed(op, suspect, run, f)
             return
         items = _items(answer)
         status = answer.get("status") if isinstance(answer, Mapping) else None
         if status == "FAILED" or any(isinstance(i, Mapping) and i.get("status") == "FAILED" for i in items):
             self.counts["transient"] += 1
-            failed[op.id] = SinkUnavailable(f"POST {path}: mem0 reports FAILED: {str(answer)[:300]}")
+            run.failed[op.id] = SinkUnavailable(f"POST {path}: mem0 reports FAILED: {str(answer)[:300]}")
+            if not suspect:
+                run.unsent.append(op.id)
             return
         self.counts["added"] += 1
         ids = [i["id"] for i in items if isinstance(i, Mapping) and isinstance(i.get("id"), str)]
         if ids:
-            self.mem0_ids[op.id] = ids[0]
+            self.mem0_ids[op.id] = run.stored[op.id] = ids[0]
+        # else: the platform queued it (event id only); the mark stays: a redelivery looks it up
 
-    # -- lookups by memwal id ------------------------------------------------------
+    def _failed(self, op: MemoryOperation, suspect: bool, run: _Delivery, f: _Failed) -> None:
+        run.failed[op.id] = f.error
+        if isinstance(f.error, CircuitOpen):
+            kind = "not_sent"
+        elif f.maybe_stored:
+            kind = "ambiguous"
+        else:
+            kind = "rejected" if isinstance(f.error, SinkRejected) else "transient"
+        self.counts[kind] += 1
+        if not f.maybe_stored and not suspect:
+            run.unsent.append(op.id)
+        log.info("mem0 add of operation %s failed (%s): %s", op.id, kind, f.error)
+
+    # -- look-ups by memwal id -------------------------------------------------------
+
+    async def _lookup(self, ops: Sequence[MemoryOperation]) -> dict[str, str]:
+        """The mem0 ids of those of ``ops`` already in mem0 (see the class docstring)."""
+        if self.api == "platform":
+            return {k: v["id"] for k, v in (await self._find([op.id for op in ops])).items()}
+        wanted = {op.id for op in ops}
+        found: dict[str, str] = {}
+        if not self._entity_large:
+            self.counts["lookups"] += 1
+            self.counts["lookup_list"] += 1
+            items = _items(await self._call("GET", "/memories", params={**self.entity, "top_k": str(TOP_K_MAX)}))
+            if len(items) < TOP_K_MAX:  # every memory of the entity: exact
+                return {mid: str(item.get("id")) for item in items if (mid := _memwal_id(item)) in wanted}
+            self._entity_large = True
+            log.info("mem0 entity %s has %d+ memories: look-ups now search by content", self.entity, TOP_K_MAX)
+        results: dict[str, list[Any]] = {}
+
+        async def search(op: MemoryOperation) -> None:
+            self.counts["lookups"] += 1
+            self.counts["lookup_search"] += 1
+            body = {"query": op.content, "filters": {**self.entity, "memwal_id": op.id}, "top_k": 1,
+                    "threshold": 0}
+            try:
+                results[op.id] = _items(await self._call("POST", "/search", body))
+            except (SinkUnavailable, SinkRejected) as exc:  # raised below, not as a group
+                errors.append(exc)
+
+        errors: list[SinkUnavailable | SinkRejected] = []
+        async with anyio.create_task_group() as tg:
+            for op in ops:
+                if op.content.strip():
+                    tg.start_soon(search, op)
+        if errors:
+            raise errors[0]
+        for op_id, items in results.items():
+            for item in items:
+                if _memwal_id(item) == op_id:
+                    found[op_id] = str(item.get("id"))
+        return found
 
     async def _find(self, op_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """mem0 items carrying these memwal ids, by memwal id (first one if several).
+        """mem0 items carrying these memwal ids, by memwal id (first one if several); for reads.
 
-        The chunks are looked up concurrently: one round trip per batch, not per chunk.
+        On the OSS server a listing is exact for an entity under 1000 memories; beyond
+        that the filtered search (with no content to search for) may miss some.
         """
+        if self.api == "oss" and not self._entity_large:
+            items = _items(await self._call("GET", "/memories", params={**self.entity, "top_k": str(TOP_K_MAX)}))
+            if len(items) < TOP_K_MAX:
+                return self._matching(op_ids, items)
+            self._entity_large = True
         chunks = [list(op_ids[i : i + LOOKUP_CHUNK]) for i in range(0, len(op_ids), LOOKUP_CHUNK)]
         answers: list[list[Any]] = [[] for _ in chunks]
         errors: list[SinkUnavailable | SinkRejected] = []
@@ -316,28 +591,31 @@ class Mem0Sink(Sink):
                 tg.start_soon(look, n)
         if errors:
             raise errors[0]
+        return self._matching(op_ids, [item for items in answers for item in items])
+
+    @staticmethod
+    def _matching(op_ids: Sequence[str], items: list[Any]) -> dict[str, dict[str, Any]]:
+        wanted = set(op_ids)
         found: dict[str, dict[str, Any]] = {}
-        for chunk, items in zip(chunks, answers, strict=True):
-            for item in items:
-                meta = item.get("metadata") if isinstance(item, Mapping) else None
-                mid = meta.get("memwal_id") if isinstance(meta, Mapping) else None
-                if mid in chunk:
-                    if mid in found:
-                        log.warning("operation %s is in mem0 more than once (%s, %s)", mid, found[mid]["id"],
-                                    item.get("id"))
-                    found.setdefault(mid, item)
+        for item in items:
+            mid = _memwal_id(item)
+            if mid in wanted:
+                if mid in found:
+                    log.warning("operation %s is in mem0 more than once (%s, %s)", mid, found[mid]["id"],
+                                item.get("id"))
+                found.setdefault(mid, item)
         return found
 
     async def _query_ids(self, chunk: list[str]) -> list[Any]:
         if self.api == "oss":
-            # Metadata filters exist only in /search, which needs a query; threshold 0
-            # and top_k above the chunk size make it return every match, not the nearest.
+            # Metadata filters exist only in /search, which needs a query and is
+            # approximate on a large table (candidates first, then the filter).
             body = {"query": "memwal_id lookup", "filters": {**self.entity, "memwal_id": {"in": chunk}},
                     "top_k": 2 * len(chunk), "threshold": 0}
-            return _items(await self._request("POST", "/search", body))
+            return _items(await self._call("POST", "/search", body))
         ids = {"OR": [{"metadata": {"memwal_id": c}} for c in chunk]}  # platform metadata has no "in"
         body = {"filters": {"AND": [*({k: v} for k, v in self.entity.items()), ids]}}
-        return _items(await self._request("POST", "/v3/memories/", body, params={"page_size": "200"}))
+        return _items(await self._call("POST", "/v3/memories/", body, params={"page_size": "200"}))
 
     # -- reads -------------------------------------------------------------------------
 
@@ -347,7 +625,7 @@ class Mem0Sink(Sink):
         if mem0_id is not None:
             path = f"/memories/{mem0_id}" if self.api == "oss" else f"/v1/memories/{mem0_id}/"
             try:
-                item = await self._request("GET", path)
+                item = await self._call("GET", path)
             except SinkRejected:  # platform: 404 once deleted
                 item = None
             memory = decode_memory(item) if isinstance(item, Mapping) else None
@@ -373,24 +651,24 @@ class Mem0Sink(Sink):
         wanted = {k: v for k, v in (("category", category), ("project", project)) if v is not None}
         if self.api == "oss":
             body: dict[str, Any] = {"query": query, "filters": {**self.entity, **wanted}, "top_k": top_k}
-            items = _items(await self._request("POST", "/search", body))
+            items = _items(await self._call("POST", "/search", body))
         else:
             meta = [{"metadata": {k: v}} for k, v in wanted.items()]
             body = {"query": query, "filters": {"AND": [*({k: v} for k, v in self.entity.items()), *meta]},
                     "top_k": top_k}
-            items = _items(await self._request("POST", "/v3/memories/search/", body))
+            items = _items(await self._call("POST", "/v3/memories/search/", body))
         return self._memories(items, tags, limit)
 
     async def recent(self, category: str | None = None, *, limit: int = 20) -> list[Memory]:
         """The newest memwal memories (mem0 lists up to 1000 on OSS, 200 on the platform)."""
         if self.api == "oss":
             params = {**self.entity, "top_k": "1000"}
-            items = _items(await self._request("GET", "/memories", params=params))
+            items = _items(await self._call("GET", "/memories", params=params))
         else:
             filters: list[dict[str, Any]] = [{k: v} for k, v in self.entity.items()]
             if category is not None:
                 filters.append({"metadata": {"category": category}})
-            items = _items(await self._request("POST", "/v3/memories/", {"filters": {"AND": filters}},
+            items = _items(await self._call("POST", "/v3/memories/", {"filters": {"AND": filters}},
                                                params={"page_size": "200"}))
         found = [m for m in self._memories(items, None, len(items)) if category is None or m.category == category]
         found.sort(key=lambda m: m.created_at, reverse=True)
@@ -411,9 +689,9 @@ class Mem0Sink(Sink):
     async def ping(self) -> None:
         """Check the server and the key: platform ``GET /v1/ping/``, OSS a tiny list."""
         if self.api == "platform":
-            await self._request("GET", "/v1/ping/")
+            await self._call("GET", "/v1/ping/")
         else:
-            await self._request("GET", "/memories", params={**self.entity, "top_k": "1"})
+            await self._call("GET", "/memories", params={**self.entity, "top_k": "1"})
 
     async def aclose(self) -> None:
         if self._closed:
@@ -421,3 +699,4 @@ class Mem0Sink(Sink):
         self._closed = True
         if self._session is not None and self._owns:
             await self._session.close()
+        self.ledger.close()
