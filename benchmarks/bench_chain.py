@@ -37,8 +37,8 @@ def child(durability: str, ops: int, workdir: str, drain: bool) -> None:
     """Collect ``ops`` memories, flush, close; print the seconds it took. ``drain``: the
     rows are in the journal before the collector starts (only delivery is timed)."""
     import memwal
-    from memwal._journal import Journal
-    from memwal._records import Priority
+    from memwal._core.records import Priority
+    from memwal._journal.journal import Journal
 
     config = memwal.load_config({"journal": {"durability": durability}})
     journal = Path(workdir) / "j.journal"

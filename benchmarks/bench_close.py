@@ -28,7 +28,7 @@ import anyio
 import anyio.lowlevel
 
 import memwal
-from memwal._journal import Journal
+from memwal._journal.journal import Journal
 
 try:  # run as a script (benchmarks/ on sys.path) or as a module
     from _common import CONTENT, machine, table, write_results

@@ -22,7 +22,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 import memwal
-from memwal._records import MemoryOperation, Priority, encode_op
+from memwal._core.records import MemoryOperation, Priority, encode_op
 
 try:  # run as a script (benchmarks/ on sys.path) or as a module
     from _common import CONTENT, machine, median_of, percentiles, table, wal_connection, write_results

@@ -39,7 +39,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 import memwal
-from memwal._schema import INSERT_OP, MIGRATIONS
+from memwal._journal.schema import INSERT_OP, MIGRATIONS
 
 try:  # run as a script (benchmarks/ on sys.path) or as a module
     from _common import CONTENT, machine, median_of, percentiles, table, wal_connection, write_results

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import memwal
 from memwal import MemoryCollector
-from memwal._config import Config, HealthConfig, PerformanceConfig
+from memwal._core.config import Config, HealthConfig, PerformanceConfig
 from memwal.testing import MemorySink
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from memwal._records import validate
+from memwal._core.records import validate
 
 CONTENT = "NPE in parser at line 42 while reading config"
 CASES = {

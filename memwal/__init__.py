@@ -24,11 +24,10 @@ from ``MemwalError``. Test doubles live in ``memwal.testing``. The command line 
 
 from __future__ import annotations
 
-from ._breaker import BreakerState, CircuitBreaker
-from ._cache import CacheStatistics, MemoryCache
-from ._collector import AsyncMemoryCollector
-from ._config import Config, load_config
-from ._errors import (
+from ._collector.async_collector import AsyncMemoryCollector
+from ._collector.sync_collector import MemoryCollector
+from ._core.config import Config, load_config
+from ._core.errors import (
     CircuitOpen,
     ConfigError,
     InvalidOperation,
@@ -39,16 +38,17 @@ from ._errors import (
     SinkRejected,
     SinkUnavailable,
 )
-from ._health import Health
-from ._journal import JournalCounts
-from ._metrics import metrics_text
-from ._records import Memory, MemoryCategory, MemoryOperation, Priority
+from ._core.records import Memory, MemoryCategory, MemoryOperation, Priority
+from ._journal.journal import JournalCounts
+from ._observe.health import Health
+from ._observe.metrics import metrics_text
+from ._observe.stats import CollectorStats
+from ._policy.breaker import BreakerState, CircuitBreaker
+from ._reads.cache import CacheStatistics, MemoryCache
 from ._sinks.base import DeliveryReport, Sink
 from ._sinks.fallback import FallbackSink
 from ._sinks.mem0 import Mem0Sink
 from ._sinks.sqlite import SQLiteSink
-from ._stats import CollectorStats
-from ._sync import MemoryCollector
 
 __version__ = "0.1.0"
 

@@ -32,13 +32,12 @@ import anyio
 import msgspec
 
 from . import __version__
-from . import _recovery as rec
-from . import _redrive as redrive
-from . import _repair as repair
-from ._config import Config, load_config
-from ._errors import MemwalError
-from ._journal import Journal
-from ._metrics import MetricFamily, Sample, render
+from ._core.config import Config, load_config
+from ._core.errors import MemwalError
+from ._journal.journal import Journal
+from ._observe.metrics import MetricFamily, Sample, render
+from ._recovery import inspect as rec
+from ._recovery import redrive, repair
 
 __all__ = ["main"]
 

@@ -12,10 +12,10 @@ from collections.abc import Iterable, Sequence
 
 import anyio
 
-from ._errors import SinkRejected, SinkUnavailable
-from ._fake_mem0 import FakeMem0
-from ._records import Memory, MemoryOperation
+from ._core.errors import SinkRejected, SinkUnavailable
+from ._core.records import Memory, MemoryOperation
 from ._sinks.base import DeliveryReport, Sink
+from ._testing.fake_mem0 import FakeMem0
 
 __all__ = ["FakeMem0", "FlakySink", "ManualClock", "MemorySink"]
 

@@ -11,8 +11,8 @@ import pytest
 from helpers import fast_config
 
 from memwal import AsyncMemoryCollector, MemoryCache, MemoryOperation
-from memwal._cache import _MAX_QUEUED, estimate_bytes
-from memwal._config import CacheConfig
+from memwal._core.config import CacheConfig
+from memwal._reads.cache import _MAX_QUEUED, estimate_bytes
 from memwal.testing import ManualClock, MemorySink
 
 MISS = object()

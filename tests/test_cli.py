@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 import memwal
-from memwal import _heartbeat as heartbeat
-from memwal import _recovery as rec
-from memwal._config import JournalConfig
-from memwal._journal import Journal, Settlement
-from memwal._records import IdGenerator, Priority
+from memwal._core.config import JournalConfig
+from memwal._core.records import IdGenerator, Priority
+from memwal._journal import heartbeat
+from memwal._journal.journal import Journal, Settlement
+from memwal._recovery import inspect as rec
 from memwal.replay import _Progress, main
 from memwal.testing import ManualClock
 
@@ -106,7 +106,7 @@ def test_the_installed_script_reports_a_bad_rate_without_a_traceback(tmp_path: P
 def test_the_library_refuses_a_bad_rate_or_batch_size(tmp_path: Path) -> None:
     import anyio
 
-    from memwal import _redrive as redrive
+    from memwal._recovery import redrive
     from memwal.testing import MemorySink
 
     journal = tmp_path / "agent.journal"
@@ -566,7 +566,7 @@ def test_verbose_logs_each_operation_touched(tmp_path: Path, capsys: pytest.Capt
 def test_a_replay_report_carries_the_last_error_and_what_remains(tmp_path: Path) -> None:
     import anyio
 
-    from memwal import _redrive as redrive
+    from memwal._recovery import redrive
     from memwal.testing import FlakySink
 
     journal = tmp_path / "agent.journal"

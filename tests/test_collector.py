@@ -26,7 +26,7 @@ from memwal import (
     SinkRejected,
     SQLiteSink,
 )
-from memwal._journal import Journal
+from memwal._journal.journal import Journal
 from memwal.testing import FlakySink, MemorySink
 
 pytestmark = pytest.mark.anyio

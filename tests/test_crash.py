@@ -32,7 +32,7 @@ import pytest
 from crash_child import crash_config
 
 import memwal
-from memwal._journal import Journal
+from memwal._journal.journal import Journal
 
 CHILD = Path(__file__).with_name("crash_child.py")
 LONG = os.environ.get("MEMWAL_LONG") == "1"

@@ -16,8 +16,8 @@ import pytest
 from helpers import fast_config, wait_for
 
 from memwal import AsyncMemoryCollector, Priority
-from memwal._journal import Journal
-from memwal._repair import salvage, verify
+from memwal._journal.journal import Journal
+from memwal._recovery.repair import salvage, verify
 from memwal.testing import MemorySink
 
 N = 200

@@ -14,7 +14,7 @@ import pytest
 from helpers import fast_config, wait_for
 
 from memwal import AsyncMemoryCollector, JournalError, Priority
-from memwal._journal import Journal
+from memwal._journal.journal import Journal
 from memwal.testing import MemorySink
 
 

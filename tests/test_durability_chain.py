@@ -173,9 +173,9 @@ async def test_fallback_sink_syncs_only_the_sinks_that_stored_something() -> Non
 
 
 def test_replay_acks_only_after_the_sink_synced(journal_path: Path) -> None:
-    from memwal import _redrive as redrive
-    from memwal._journal import Journal
-    from memwal._records import Priority
+    from memwal._core.records import Priority
+    from memwal._journal.journal import Journal
+    from memwal._recovery import redrive
 
     j = Journal(journal_path)
     j.open()

@@ -15,7 +15,7 @@ import pytest
 from helpers import fast_config
 
 from memwal import JournalError, MemoryCollector
-from memwal._journal import Journal
+from memwal._journal.journal import Journal
 from memwal.testing import MemorySink
 
 CHILD = Path(__file__).with_name("lifecycle_child.py")

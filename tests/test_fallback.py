@@ -10,8 +10,8 @@ import pytest
 from helpers import FAST, fast_config, wait_for
 
 from memwal import AsyncMemoryCollector, CircuitOpen, FallbackSink, SinkRejected
-from memwal._journal import Journal
-from memwal._records import MemoryOperation
+from memwal._core.records import MemoryOperation
+from memwal._journal.journal import Journal
 from memwal.testing import FlakySink, MemorySink
 
 pytestmark = pytest.mark.anyio

@@ -19,8 +19,8 @@ import anyio
 import pytest
 
 import memwal
-from memwal._journal import Journal, Settlement
-from memwal._records import Priority
+from memwal._core.records import Priority
+from memwal._journal.journal import Journal, Settlement
 
 _CACHE_HIT, _CACHE_MISS = 7, 8  # SQLITE_DBSTATUS_CACHE_HIT / _MISS
 

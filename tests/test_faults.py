@@ -30,11 +30,11 @@ from memwal import (
     SinkRejected,
     SinkUnavailable,
 )
-from memwal._breaker import CircuitBreaker
-from memwal._config import CircuitBreakerConfig
-from memwal._consumer import journal_unusable
-from memwal._journal import Journal
-from memwal._records import MemoryOperation, Priority
+from memwal._core.config import CircuitBreakerConfig
+from memwal._core.records import MemoryOperation, Priority
+from memwal._delivery.consumer import journal_unusable
+from memwal._journal.journal import Journal
+from memwal._policy.breaker import CircuitBreaker
 from memwal._sinks.call import SinkFault, call_sink, deliver_isolating, halves, should_bisect
 from memwal.testing import FlakySink, MemorySink
 
@@ -342,7 +342,7 @@ async def test_call_sink_lets_a_real_cancellation_through() -> None:
 
 
 def test_replay_isolates_a_poison_operation_too(journal_path: Path) -> None:
-    from memwal import _redrive as redrive
+    from memwal._recovery import redrive
 
     j = Journal(journal_path)
     j.open()
@@ -369,7 +369,7 @@ async def test_a_fallback_chain_takes_over_from_a_sink_returning_a_wrong_type() 
 async def test_a_failing_health_read_is_counted_and_the_collector_goes_on(
     journal_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import memwal._health as health_mod
+    import memwal._observe.health as health_mod
 
     real, failures = health_mod.read_journal, [1]
 

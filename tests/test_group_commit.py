@@ -20,8 +20,8 @@ import anyio
 import pytest
 
 import memwal
-from memwal._journal import Journal
-from memwal._records import Priority
+from memwal._core.records import Priority
+from memwal._journal.journal import Journal
 from memwal.testing import MemorySink
 
 pytestmark = pytest.mark.anyio
@@ -43,7 +43,7 @@ class SyncCounter:
             self.calls += 1
             real(fd)
 
-        monkeypatch.setattr("memwal._journal.os.fdatasync", counted)
+        monkeypatch.setattr("memwal._journal.journal.os.fdatasync", counted)
 
 
 def test_one_fsync_covers_every_commit_made_before_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

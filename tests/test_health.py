@@ -15,8 +15,7 @@ from helpers import wait_for
 
 import memwal
 from memwal import AsyncMemoryCollector, MemoryCollector, Priority
-from memwal._breaker import CircuitBreaker
-from memwal._config import (
+from memwal._core.config import (
     AsyncCollectionConfig,
     CircuitBreakerConfig,
     Config,
@@ -24,9 +23,10 @@ from memwal._config import (
     JournalConfig,
     PerformanceConfig,
 )
-from memwal._health import Alert, HealthInputs, HealthMonitor
-from memwal._journal import Journal, Settlement
-from memwal._stats import Counters
+from memwal._journal.journal import Journal, Settlement
+from memwal._observe.health import Alert, HealthInputs, HealthMonitor
+from memwal._observe.stats import Counters
+from memwal._policy.breaker import CircuitBreaker
 from memwal.testing import FlakySink, ManualClock, MemorySink
 
 

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from memwal import InvalidOperation, JournalError, Priority, QueueFull
-from memwal import _journal as journal_module
-from memwal._journal import EXACT_COUNT_TTL, Journal, Settlement, decode_rows, owner_is_gone
-from memwal._schema import ACK_OPS, RELEASE_OPS, RETRY_OPS, SCHEMA_VERSION
+from memwal._journal import journal as journal_module
+from memwal._journal.journal import EXACT_COUNT_TTL, Journal, Settlement, decode_rows, owner_is_gone
+from memwal._journal.schema import ACK_OPS, RELEASE_OPS, RETRY_OPS, SCHEMA_VERSION
 from memwal.testing import ManualClock
 
 

@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from memwal._config import JournalConfig
-from memwal._journal import Journal, Settlement
-from memwal._records import PRIORITY_BY_RANK
+from memwal._core.config import JournalConfig
+from memwal._core.records import PRIORITY_BY_RANK
+from memwal._journal.journal import Journal, Settlement
 from memwal.testing import ManualClock
 
 LONG = os.environ.get("MEMWAL_LONG") == "1"

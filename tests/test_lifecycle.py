@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import memwal
 from memwal import AsyncMemoryCollector, JournalError, MemoryCollector, SinkUnavailable, SQLiteSink
-from memwal._journal import Journal
+from memwal._journal.journal import Journal
 from memwal.testing import MemorySink
 
 pytestmark = pytest.mark.anyio

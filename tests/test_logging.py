@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from memwal import AsyncMemoryCollector, FallbackSink
-from memwal._config import AsyncCollectionConfig, Config, JournalConfig
+from memwal._core.config import AsyncCollectionConfig, Config, JournalConfig
 from memwal.testing import FlakySink, MemorySink
 
 FAST = AsyncCollectionConfig(retry_delay=0.0, max_retry_delay=0.0)

@@ -10,8 +10,8 @@ import anyio
 import pytest
 
 from memwal import Mem0Sink, load_config
-from memwal._errors import CircuitOpen
-from memwal._records import IdGenerator, MemoryOperation
+from memwal._core.errors import CircuitOpen
+from memwal._core.records import IdGenerator, MemoryOperation
 from memwal._sinks._limit import AdaptiveLimit
 from memwal.testing import FakeMem0
 
@@ -147,7 +147,7 @@ async def test_against_a_server_with_a_capacity_the_limit_stays_small_and_nothin
 
 async def test_the_limit_shows_in_stats_health_and_metrics(tmp_path: Any) -> None:
     from memwal import AsyncMemoryCollector
-    from memwal._metrics import metrics_text
+    from memwal._observe.metrics import metrics_text
 
     async with FakeMem0(api="oss") as fake:
         sink = Mem0Sink(fake.url, user_id="u")

@@ -24,7 +24,7 @@ from memwal import (
     SQLiteSink,
     load_config,
 )
-from memwal._records import IdGenerator
+from memwal._core.records import IdGenerator
 from memwal._sinks.mem0 import classify, parse_retry_after
 from memwal.testing import FakeMem0
 

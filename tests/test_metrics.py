@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 import memwal
 from memwal import AsyncMemoryCollector, MemoryCollector
-from memwal._metrics import MetricFamily, Sample, render
-from memwal._records import MemoryOperation
+from memwal._core.records import MemoryOperation
+from memwal._observe.metrics import MetricFamily, Sample, render
+from memwal._observe.stats import COLLECT_BOUNDS_US, HistogramWindow
 from memwal._sinks.base import DeliveryReport
-from memwal._stats import COLLECT_BOUNDS_US, HistogramWindow
 from memwal.testing import MemorySink
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")

@@ -28,7 +28,7 @@ from memwal import (
     SQLiteSink,
     load_config,
 )
-from memwal._records import (
+from memwal._core.records import (
     MAX_METADATA_DEPTH,
     CategoryRules,
     IdGenerator,

@@ -15,7 +15,7 @@ What runs, by the fence's language:
 - anything else (``text``, no language): not run.
 
 A mem0 URL on loopback (``mem0+oss://127.0.0.1:PORT``, ``http://localhost:PORT`` in a block
-that mentions mem0) gets the dev server ``memwal._fake_mem0`` (what ``tools/fake-mem0``
+that mentions mem0) gets the dev server ``memwal._testing.fake_mem0`` (what ``tools/fake-mem0``
 runs); the block's port is replaced by the server's own free port, so the README may say
 ``8888`` while tests run in parallel.
 
@@ -144,9 +144,9 @@ def wants_mem0(block: Block) -> bool:
 
 def prepare_journal(path: Path) -> None:
     """20 pending operations, 2 dead letters and 3 delivered (kept), as after an outage."""
-    from memwal._config import JournalConfig
-    from memwal._journal import Journal, Settlement
-    from memwal._records import Priority
+    from memwal._core.config import JournalConfig
+    from memwal._core.records import Priority
+    from memwal._journal.journal import Journal, Settlement
 
     j = Journal(path, JournalConfig(retention_seconds=86400))
     j.open()
@@ -187,7 +187,7 @@ class Mem0Server:
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "memwal._fake_mem0", "--port", "0", "--api", "both"],
+            [sys.executable, "-m", "memwal._testing.fake_mem0", "--port", "0", "--api", "both"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         assert self.proc.stdout is not None
@@ -361,7 +361,7 @@ def test_a_shell_chain_runs_against_a_prepared_journal(tmp_path: Path) -> None:
             runner.run(b)
     finally:
         runner.close()
-    from memwal import _recovery as rec
+    from memwal._recovery import inspect as rec
 
     for name, expect in (("agent.journal", (20, 2, 3)), ("new.journal", (22, 0, 0))):
         j = rec.open_journal(tmp_path / name)

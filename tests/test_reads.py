@@ -24,7 +24,7 @@ from memwal import (
     SinkUnavailable,
     SQLiteSink,
 )
-from memwal._reads import matches, phrases
+from memwal._reads.reader import matches, phrases
 from memwal.testing import FlakySink, ManualClock, MemorySink
 
 pytestmark = pytest.mark.anyio

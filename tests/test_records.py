@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memwal import InvalidOperation, Memory, MemoryCategory, MemoryOperation, Priority
-from memwal import _records as records
-from memwal._records import (
+from memwal._core import records
+from memwal._core.records import (
     KNOWN_CATEGORIES,
     IdGenerator,
     decode_op,

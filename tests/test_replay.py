@@ -19,11 +19,11 @@ import msgspec
 import pytest
 
 import memwal
-from memwal import _recovery as rec
-from memwal import _redrive as redrive
-from memwal._config import JournalConfig
-from memwal._journal import Journal, Settlement
-from memwal._records import IdGenerator, Priority
+from memwal._core.config import JournalConfig
+from memwal._core.records import IdGenerator, Priority
+from memwal._journal.journal import Journal, Settlement
+from memwal._recovery import inspect as rec
+from memwal._recovery import redrive
 from memwal.replay import main
 from memwal.testing import FlakySink, ManualClock, MemorySink
 
@@ -616,7 +616,7 @@ def test_replay_to_a_mem0_server(journal_path: Path) -> None:
     j, ids = make_journal(journal_path, 5)
     j.close()
     server = subprocess.Popen(
-        [sys.executable, "-m", "memwal._fake_mem0", "--port", "0", "--api", "oss"],
+        [sys.executable, "-m", "memwal._testing.fake_mem0", "--port", "0", "--api", "oss"],
         stdout=subprocess.PIPE,
         text=True,
     )

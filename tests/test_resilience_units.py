@@ -7,12 +7,12 @@ import logging
 import pytest
 
 from memwal import BreakerState, CircuitBreaker, CircuitOpen, DeliveryReport, SinkRejected, SinkUnavailable
-from memwal._config import CircuitBreakerConfig
-from memwal._consumer import group_by_category, plan
-from memwal._journal import LeasedOp
-from memwal._records import MemoryOperation
-from memwal._retry import backoff_delay, next_attempt_at
-from memwal._throttle import TokenBucket
+from memwal._core.config import CircuitBreakerConfig
+from memwal._core.records import MemoryOperation
+from memwal._delivery.consumer import group_by_category, plan
+from memwal._journal.journal import LeasedOp
+from memwal._policy.retry import backoff_delay, next_attempt_at
+from memwal._policy.throttle import TokenBucket
 from memwal.testing import ManualClock
 
 

@@ -10,9 +10,9 @@ import pytest
 from helpers import wait_for
 
 from memwal import AsyncMemoryCollector, ConfigError, MemoryCollector, load_config
-from memwal._adaptive import AdaptiveBatcher, apply_changes
-from memwal._config import PROFILES, AsyncCollectionConfig, Config, JournalConfig
-from memwal._records import MemoryOperation
+from memwal._core.config import PROFILES, AsyncCollectionConfig, Config, JournalConfig
+from memwal._core.records import MemoryOperation
+from memwal._policy.adaptive import AdaptiveBatcher, apply_changes
 from memwal._sinks.base import DeliveryReport
 from memwal.testing import ManualClock, MemorySink
 

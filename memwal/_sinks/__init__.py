@@ -1,1 +1,5 @@
-"""Backends that receive delivered operations."""
+"""Where memories go: the ``Sink`` contract and ``DeliveryReport``, ``SQLiteSink``,
+``Mem0Sink`` (aiohttp, loaded on first use) and ``FallbackSink``.
+
+Imports ``_core`` and ``_policy``.
+"""

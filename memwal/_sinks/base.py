@@ -7,12 +7,12 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from .._errors import SinkRejected, SinkUnavailable
-from .._records import Memory, MemoryOperation
+from .._core.errors import SinkRejected, SinkUnavailable
+from .._core.records import Memory, MemoryOperation
 
 if TYPE_CHECKING:
-    from .._breaker import CircuitBreaker
-    from .._config import Config
+    from .._core.config import Config
+    from .._policy.breaker import CircuitBreaker
 
 __all__ = ["DeliveryReport", "Sink"]
 

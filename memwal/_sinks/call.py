@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
-from .._errors import CircuitOpen, SinkError, SinkRejected, SinkUnavailable
+from .._core.errors import CircuitOpen, SinkError, SinkRejected, SinkUnavailable
 from .base import DeliveryReport, Sink
 
 if TYPE_CHECKING:
-    from .._breaker import CircuitBreaker
-    from .._records import MemoryOperation
+    from .._core.records import MemoryOperation
+    from .._policy.breaker import CircuitBreaker
 
 __all__ = [
     "Outcome",

@@ -12,10 +12,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .._breaker import CircuitBreaker
-from .._config import CircuitBreakerConfig, Config
-from .._errors import CircuitOpen, SinkRejected, SinkUnavailable
-from .._records import Memory, MemoryOperation
+from .._core.config import CircuitBreakerConfig, Config
+from .._core.errors import CircuitOpen, SinkRejected, SinkUnavailable
+from .._core.records import Memory, MemoryOperation
+from .._policy.breaker import CircuitBreaker
 from .base import DeliveryReport, Sink
 from .call import Outcome, call_sink, is_unexpected, require_async_deliver
 

@@ -18,15 +18,15 @@ import anyio
 import msgspec
 from cachetools import LRUCache
 
-from .._config import PerformanceConfig
-from .._errors import CircuitOpen, ConfigError, SinkRejected, SinkUnavailable
-from .._records import Memory, MemoryOperation, Priority
+from .._core.config import PerformanceConfig
+from .._core.errors import CircuitOpen, ConfigError, SinkRejected, SinkUnavailable
+from .._core.records import Memory, MemoryOperation, Priority
 from ._ledger import SendLedger
 from ._limit import AdaptiveLimit
 from .base import DeliveryReport, Sink
 
 if TYPE_CHECKING:
-    from .._config import Config
+    from .._core.config import Config
 
 __all__ = ["Mem0Sink", "classify", "decode_memory", "encode_metadata", "parse_retry_after"]
 

@@ -13,12 +13,12 @@ import aiosqlite
 import anyio
 import msgspec
 
-from .._errors import InvalidOperation, JournalError, SinkUnavailable
-from .._records import Memory, MemoryOperation, Priority
+from .._core.errors import InvalidOperation, JournalError, SinkUnavailable
+from .._core.records import Memory, MemoryOperation, Priority
 from .base import Sink
 
 if TYPE_CHECKING:
-    from .._config import Config
+    from .._core.config import Config
 
 __all__ = ["SQLiteSink"]
 

@@ -50,7 +50,7 @@ class Tally:
 def prepare(data: Path) -> tuple[Path, Path]:
     """Create the journal and the store outside the shim (their names are durable)."""
     from memwal import SQLiteSink
-    from memwal._journal import Journal
+    from memwal._journal.journal import Journal
 
     journal, store = data / "memwal.journal", data / "memories.db"
     j = Journal(journal)
@@ -78,7 +78,7 @@ def _ids(path: Path, tables: tuple[str, ...]) -> set[str]:
 
 def check_cut(run: harness.CutRun, journal: Path, store: Path, durability: str, tally: Tally) -> None:
     """Count where each promised id of ``run`` is after the cut (the journal must open)."""
-    from memwal._journal import Journal
+    from memwal._journal.journal import Journal
 
     j = Journal(journal)
     j.open()  # after any cut the journal opens (recovery included)

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 if TYPE_CHECKING:
-    from ._breaker import BreakerState
-    from ._cache import CacheStatistics
-    from ._journal import JournalCounts, LeasedOp, Settlement
+    from .._journal.journal import JournalCounts, LeasedOp, Settlement
+    from .._policy.breaker import BreakerState
+    from .._reads.cache import CacheStatistics
 
 __all__ = ["CollectorStats", "Counters", "HistogramWindow", "LatencyWindow", "OffWindow"]
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from ._errors import InvalidOperation
+from .errors import InvalidOperation
 
 __all__ = [
     "KNOWN_CATEGORIES",

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 
 if TYPE_CHECKING:
-    from ._collector import AsyncMemoryCollector
-    from ._health import Health, Histogram
-    from ._sync import MemoryCollector
+    from .._collector.async_collector import AsyncMemoryCollector
+    from .._collector.sync_collector import MemoryCollector
+    from .health import Health, Histogram
 
 __all__ = ["MetricFamily", "Sample", "families", "journal_families", "metrics_text", "render"]
 

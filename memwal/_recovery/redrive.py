@@ -12,15 +12,15 @@ from typing import Any, Literal, cast
 import anyio
 import msgspec
 
-from ._breaker import breaker_for
-from ._config import Config
-from ._consumer import group_by_category, plan_with
-from ._errors import CircuitOpen, ConfigError, InvalidOperation, SinkUnavailable
-from ._journal import Journal, owner_is_gone
-from ._recovery import _PAGE, requeue
-from ._sinks.base import Sink
-from ._sinks.call import Outcome, call_sink, deliver_isolating, is_unexpected
-from ._throttle import TokenBucket
+from .._core.config import Config
+from .._core.errors import CircuitOpen, ConfigError, InvalidOperation, SinkUnavailable
+from .._delivery.consumer import group_by_category, plan_with
+from .._journal.journal import Journal, owner_is_gone
+from .._policy.breaker import breaker_for
+from .._policy.throttle import TokenBucket
+from .._sinks.base import Sink
+from .._sinks.call import Outcome, call_sink, deliver_isolating, is_unexpected
+from .inspect import _PAGE, requeue
 
 __all__ = ["ReplayProgress", "ReplayReport", "replay", "sink_from_uri"]
 
@@ -51,12 +51,12 @@ def sink_from_uri(
             raise ConfigError(f"directory {str(path.parent)!r} does not exist", path="--sink")
         if path.exists() and not path.is_file():
             raise ConfigError(f"{str(path)!r} is not a file", path="--sink")
-        from ._sinks.sqlite import SQLiteSink
+        from .._sinks.sqlite import SQLiteSink
 
         return SQLiteSink(path)
     if scheme in ("mem0+oss", "mem0+platform") and rest.startswith("//") and len(rest) > 2:
         try:
-            from ._sinks.mem0 import Mem0Sink  # type: ignore[import-not-found, unused-ignore]
+            from .._sinks.mem0 import Mem0Sink  # type: ignore[import-not-found, unused-ignore]
         except ImportError as exc:
             raise ConfigError(
                 f"the mem0 sink is not available in this memwal ({exc})", path="--sink"

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from ._errors import ConfigError
+from .errors import ConfigError
 
 __all__ = [
     "PROFILES",

@@ -13,14 +13,14 @@ from typing import Any, Self
 import anyio
 import anyio.from_thread
 
-from ._collector import FORKED, AsyncMemoryCollector, Category, Meta, Prio, _warn_unclosed
-from ._config import Config
-from ._errors import JournalError, QueueFull
-from ._health import AlertCallback, Health
-from ._records import Memory
-from ._sinks.base import Sink
-from ._stats import CollectorStats
-from ._vocab import CollectHelpers
+from .._core.config import Config
+from .._core.errors import JournalError, QueueFull
+from .._core.records import Memory
+from .._observe.health import AlertCallback, Health
+from .._observe.stats import CollectorStats
+from .._sinks.base import Sink
+from .async_collector import FORKED, AsyncMemoryCollector, Category, Meta, Prio, _warn_unclosed
+from .vocab import CollectHelpers
 
 __all__ = ["MemoryCollector"]
 

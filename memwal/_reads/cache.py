@@ -31,8 +31,8 @@ from typing import Any, NamedTuple
 import cachetools
 import msgspec
 
-from ._config import CacheConfig
-from ._records import MemoryOperation
+from .._core.config import CacheConfig
+from .._core.records import MemoryOperation
 
 __all__ = ["CacheStatistics", "CacheToken", "MemoryCache"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import msgspec
 
-from ._journal import Journal, owner_is_gone
+from .journal import Journal, owner_is_gone
 
 __all__ = ["INTERVAL", "STALE", "CollectorSeen", "beat", "collectors", "leave"]
 

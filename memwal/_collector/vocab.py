@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
 
-from ._records import Priority
+from .._core.records import Priority
 
 __all__ = ["CollectHelpers"]
 

@@ -15,15 +15,15 @@ import anyio
 import anyio.abc
 import msgspec
 
-from ._config import Config
-from ._journal import Journal, JournalCounts
-from ._schema import RANK_SHIFT, SEQ_MASK
-from ._sinks.call import own_cancellation
-from ._stats import Counters, HistogramWindow
+from .._core.config import Config
+from .._journal.journal import Journal, JournalCounts
+from .._journal.schema import RANK_SHIFT, SEQ_MASK
+from .._sinks.call import own_cancellation
+from .stats import Counters, HistogramWindow
 
 if TYPE_CHECKING:
-    from ._breaker import CircuitBreaker
-    from ._cache import CacheStatistics
+    from .._policy.breaker import CircuitBreaker
+    from .._reads.cache import CacheStatistics
 
 __all__ = [
     "Alert", "Health", "HealthInputs", "HealthMonitor", "Percentiles", "SinkHealth", "evaluate", "read_journal",

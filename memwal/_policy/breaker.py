@@ -16,7 +16,7 @@ from typing import Protocol
 
 import msgspec
 
-from ._config import CircuitBreakerConfig
+from .._core.config import CircuitBreakerConfig
 
 __all__ = ["BreakerState", "BreakerStats", "CircuitBreaker", "breaker_for", "breakers_of", "retry_in"]
 

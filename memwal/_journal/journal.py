@@ -26,16 +26,16 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from ._config import JournalConfig
-from ._errors import InvalidOperation, JournalError, QueueFull
-from ._records import (
+from .._core.config import JournalConfig
+from .._core.errors import InvalidOperation, JournalError, QueueFull
+from .._core.records import (
     IdGenerator,
     MemoryOperation,
     Priority,
     decode_op,
     id_to_seq,
 )
-from ._schema import (
+from .schema import (
     ACK_OPS,
     APPLICATION_ID,
     CLAIMED,

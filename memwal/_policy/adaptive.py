@@ -8,8 +8,8 @@ from typing import Any
 
 import msgspec
 
-from ._config import Config, _translate
-from ._errors import ConfigError
+from .._core.config import Config, _translate
+from .._core.errors import ConfigError
 
 __all__ = ["TUNABLE", "AdaptiveBatcher", "apply_changes"]
 

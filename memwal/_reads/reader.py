@@ -18,14 +18,14 @@ import anyio
 import anyio.to_thread
 import msgspec
 
-from ._cache import MemoryCache, Scope
-from ._errors import InvalidOperation, JournalError, SinkUnavailable
-from ._records import Memory, MemoryOperation, check_project, check_tags, normalise_category
+from .._core.errors import InvalidOperation, JournalError, SinkUnavailable
+from .._core.records import Memory, MemoryOperation, check_project, check_tags, normalise_category
+from .cache import MemoryCache, Scope
 
 if TYPE_CHECKING:
-    from ._journal import Journal
-    from ._sinks.base import Sink
-    from ._stats import Counters
+    from .._journal.journal import Journal
+    from .._observe.stats import Counters
+    from .._sinks.base import Sink
 
 __all__ = ["PENDING_SCAN", "Reader", "matches", "merge_recent", "merge_search"]
 

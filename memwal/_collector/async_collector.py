@@ -17,21 +17,21 @@ import anyio.abc
 import anyio.from_thread
 import anyio.lowlevel
 
-from ._adaptive import apply_changes
-from ._breaker import CircuitBreaker, breakers_of
-from ._cache import QUEUE_CHECK_MASK, MemoryCache
-from ._config import Config
-from ._consumer import Consumer
-from ._errors import JournalError, QueueFull, SinkRejected
-from ._health import AlertCallback, Health, HealthInputs, HealthMonitor
-from ._journal import Journal
-from ._reads import Reader
-from ._records import CategoryRules, Memory, MemoryCategory, Priority, validate
-from ._sinks.base import Sink
-from ._sinks.call import require_async_deliver
-from ._sinks.sqlite import SQLiteSink
-from ._stats import CollectorStats, Counters, sink_concurrency, snapshot
-from ._vocab import CollectHelpers
+from .._core.config import Config
+from .._core.errors import JournalError, QueueFull, SinkRejected
+from .._core.records import CategoryRules, Memory, MemoryCategory, Priority, validate
+from .._delivery.consumer import Consumer
+from .._journal.journal import Journal
+from .._observe.health import AlertCallback, Health, HealthInputs, HealthMonitor
+from .._observe.stats import CollectorStats, Counters, sink_concurrency, snapshot
+from .._policy.adaptive import apply_changes
+from .._policy.breaker import CircuitBreaker, breakers_of
+from .._reads.cache import QUEUE_CHECK_MASK, MemoryCache
+from .._reads.reader import Reader
+from .._sinks.base import Sink
+from .._sinks.call import require_async_deliver
+from .._sinks.sqlite import SQLiteSink
+from .vocab import CollectHelpers
 
 __all__ = ["AsyncMemoryCollector"]
 

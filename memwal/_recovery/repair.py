@@ -12,11 +12,11 @@ from typing import Any
 
 import msgspec
 
-from ._errors import JournalError
-from ._journal import Journal, _check_row, _row_damage, readable, sanitize_rows
-from ._records import id_to_seq
-from ._recovery import _PAGE, STATES, _size
-from ._schema import APPLICATION_ID, MIGRATIONS, RANK_SHIFT, SCHEMA_VERSION, SEQ_MASK
+from .._core.errors import JournalError
+from .._core.records import id_to_seq
+from .._journal.journal import Journal, _check_row, _row_damage, readable, sanitize_rows
+from .._journal.schema import APPLICATION_ID, MIGRATIONS, RANK_SHIFT, SCHEMA_VERSION, SEQ_MASK
+from .inspect import _PAGE, STATES, _size
 
 __all__ = ["CompactReport", "Problem", "SalvageReport", "VerifyReport", "compact", "salvage", "verify"]
 

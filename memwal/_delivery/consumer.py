@@ -22,17 +22,17 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from . import _heartbeat as heartbeat
-from ._adaptive import AdaptiveBatcher
-from ._breaker import CircuitBreaker, breaker_for, breakers_of, retry_in
-from ._config import AsyncCollectionConfig, Config
-from ._errors import CircuitOpen, JournalError, SinkRejected, SinkUnavailable
-from ._journal import Journal, LeasedOp, Settlement, decode_rows
-from ._retry import backoff_delay, next_attempt_at
-from ._sinks.base import DeliveryReport, Sink
-from ._sinks.call import Outcome, call_sink, deliver_isolating, is_unexpected, should_bisect
-from ._stats import Counters
-from ._throttle import TokenBucket
+from .._core.config import AsyncCollectionConfig, Config
+from .._core.errors import CircuitOpen, JournalError, SinkRejected, SinkUnavailable
+from .._journal import heartbeat
+from .._journal.journal import Journal, LeasedOp, Settlement, decode_rows
+from .._observe.stats import Counters
+from .._policy.adaptive import AdaptiveBatcher
+from .._policy.breaker import CircuitBreaker, breaker_for, breakers_of, retry_in
+from .._policy.retry import backoff_delay, next_attempt_at
+from .._policy.throttle import TokenBucket
+from .._sinks.base import DeliveryReport, Sink
+from .._sinks.call import Outcome, call_sink, deliver_isolating, is_unexpected, should_bisect
 
 __all__ = ["Consumer", "plan", "plan_with"]
 

@@ -20,12 +20,12 @@ from typing import IO, Any
 
 import msgspec
 
-from ._config import JournalConfig
-from ._errors import InvalidOperation, JournalError
-from ._heartbeat import CollectorSeen, collectors
-from ._journal import Journal, _check_row, owner_is_gone
-from ._records import ANY_CATEGORY, PRIORITY_BY_RANK, MemoryOperation, encode_op, id_to_seq, validate
-from ._schema import APPLICATION_ID, INSERT_OP, RANK_SHIFT, SCHEMA_VERSION, SEQ_MASK
+from .._core.config import JournalConfig
+from .._core.errors import InvalidOperation, JournalError
+from .._core.records import ANY_CATEGORY, PRIORITY_BY_RANK, MemoryOperation, encode_op, id_to_seq, validate
+from .._journal.heartbeat import CollectorSeen, collectors
+from .._journal.journal import Journal, _check_row, owner_is_gone
+from .._journal.schema import APPLICATION_ID, INSERT_OP, RANK_SHIFT, SCHEMA_VERSION, SEQ_MASK
 
 __all__ = [
     "STATES",
