@@ -43,7 +43,7 @@ class SyncCounter:
             self.calls += 1
             real(fd)
 
-        monkeypatch.setattr("memwal._journal.journal.os.fdatasync", counted)
+        monkeypatch.setattr("memwal._journal.base.os.fdatasync", counted)
 
 
 def test_one_fsync_covers_every_commit_made_before_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 
 from memwal import InvalidOperation, JournalError, Priority, QueueFull
-from memwal._journal import journal as journal_module
-from memwal._journal.journal import EXACT_COUNT_TTL, Journal, Settlement, decode_rows, owner_is_gone
+from memwal._journal import append as append_module
+from memwal._journal import lease as lease_module
+from memwal._journal.journal import Journal, Settlement, decode_rows, owner_is_gone
+from memwal._journal.rows import EXACT_COUNT_TTL
 from memwal._journal.schema import ACK_OPS, RELEASE_OPS, RETRY_OPS, SCHEMA_VERSION
 from memwal.testing import ManualClock
 
@@ -244,7 +246,7 @@ class TestOrderAndLeases:
     def test_before_sqlite_3_33_a_retry_takes_the_transaction(
         self, journal: Journal, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setattr(journal_module, "_UPDATE_FROM", False)  # no UPDATE ... FROM there
+        monkeypatch.setattr(lease_module, "UPDATE_FROM", False)  # no UPDATE ... FROM there
         add(journal, "x")
         g = journal.lease(1)[0][0]
         s = Settlement(retry=[(g.key, "down", 0.0)])
@@ -545,7 +547,7 @@ class TestBackPressure:
     def test_another_processes_rows_count_once_the_last_count_is_stale(
         self, journal_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setattr(journal_module, "EXACT_COUNT_TTL", 3600.0)  # a's count at open stays trusted
+        monkeypatch.setattr(append_module, "EXACT_COUNT_TTL", 3600.0)  # a's count at open stays trusted
         a, b = Journal(journal_path), Journal(journal_path)
         a.open()
         b.open()
@@ -554,7 +556,7 @@ class TestBackPressure:
         for i in range(5):
             add(b, f"b{i}")
         add(a, "within the trusted count", limit=100)  # a counted at open: b's rows unseen
-        monkeypatch.setattr(journal_module, "EXACT_COUNT_TTL", 0.0)  # as if the count aged
+        monkeypatch.setattr(append_module, "EXACT_COUNT_TTL", 0.0)  # as if the count aged
         with pytest.raises(QueueFull, match="journal holds 101 undelivered operations, limit is 100"):
             add(a, "one too many", limit=100)
         a.close()

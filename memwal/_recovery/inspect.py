@@ -24,7 +24,8 @@ from .._core.config import JournalConfig
 from .._core.errors import InvalidOperation, JournalError
 from .._core.records import ANY_CATEGORY, PRIORITY_BY_RANK, MemoryOperation, encode_op, id_to_seq, validate
 from .._journal.heartbeat import CollectorSeen, collectors
-from .._journal.journal import Journal, _check_row, owner_is_gone
+from .._journal.journal import Journal, owner_is_gone
+from .._journal.rows import check_row
 from .._journal.schema import APPLICATION_ID, INSERT_OP, RANK_SHIFT, SCHEMA_VERSION, SEQ_MASK
 
 __all__ = [
@@ -270,7 +271,7 @@ class OpRow(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 def _row(state: str, r: Sequence[Any]) -> OpRow:
     k, op_id, category, created_at, crc, payload = r[:6]
-    op, damage = _check_row(payload, crc)
+    op, damage = check_row(payload, crc)
     return OpRow(
         state=state,
         id=op_id,

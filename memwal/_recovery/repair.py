@@ -14,7 +14,8 @@ import msgspec
 
 from .._core.errors import JournalError
 from .._core.records import id_to_seq
-from .._journal.journal import Journal, _check_row, _row_damage, readable, sanitize_rows
+from .._journal.journal import Journal
+from .._journal.rows import check_row, readable, row_damage, sanitize_rows
 from .._journal.schema import APPLICATION_ID, MIGRATIONS, RANK_SHIFT, SCHEMA_VERSION, SEQ_MASK
 from .inspect import _PAGE, STATES, _size
 
@@ -108,10 +109,10 @@ def _scan(journal: Journal, table: str, where: str) -> Iterator[tuple[Any, ...]]
 
 
 def _damage(k: int, op_id: Any, crc: Any, payload: Any, attempts: Any) -> str:
-    op, detail = _check_row(payload, crc)
+    op, detail = check_row(payload, crc)
     if op is None:
         return detail
-    if detail := _row_damage(op, op_id, attempts):
+    if detail := row_damage(op, op_id, attempts):
         return detail
     try:
         seq = id_to_seq(op.id)
