@@ -561,7 +561,7 @@ class TestFailures:
         async with AsyncMemoryCollector(journal_path, sink, config=cfg(journal={"shutdown_timeout": 0.1})) as c:
             c.collect("bug", "x")
             await wait_for(lambda: c.stats().retried == 1)
-            (nb,) = c.journal._read("SELECT not_before FROM ops")[0]
+            (nb,) = c.journal.read("SELECT not_before FROM ops")[0]
             assert nb >= c.journal.clock() + 3590
 
     async def test_a_hanging_sink_times_out_as_a_transient_failure(self, journal_path: Path) -> None:
@@ -570,7 +570,7 @@ class TestFailures:
         async with AsyncMemoryCollector(journal_path, sink, config=config) as c:
             c.collect("bug", "x")
             await wait_for(lambda: c.stats().retried >= 1)
-            (err,) = c.journal._read("SELECT last_error FROM ops")[0]
+            (err,) = c.journal.read("SELECT last_error FROM ops")[0]
             assert err == "SinkUnavailable: FlakySink timed out after 0.05s; outcome unknown"
             sink.hang = False
             await c.flush_queue(timeout=10)
@@ -609,7 +609,7 @@ class TestFailures:
             await wait_for(lambda: c._consumer.breaker.state.value == "open")  # type: ignore[union-attr]
             await anyio.sleep(0.1)  # many poll intervals: no call while open
             assert sink.failures == 2
-            (attempts,) = c.journal._read("SELECT attempts FROM ops")[0]
+            (attempts,) = c.journal.read("SELECT attempts FROM ops")[0]
             assert attempts == 2
             assert c.stats().breaker_transitions == {"FlakySink:open": 1}
             sink.fail_next = 0

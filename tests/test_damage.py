@@ -81,7 +81,7 @@ async def test_one_damaged_row_is_quarantined_and_the_rest_delivered(tmp_path: P
     j = Journal(path)
     j.open()
     try:
-        (dead_id, why), = j._read("SELECT id, reason FROM dead")
+        (dead_id, why), = j.read("SELECT id, reason FROM dead")
     finally:
         j.close()
     assert reason in why
@@ -106,7 +106,7 @@ def test_verify_repair_quarantines_every_kind_of_damaged_row(tmp_path: Path, sql
         assert again.ok and again.problems == [] and again.quarantined == (0 if reason == "payload stored as TEXT" else 1)
         assert j.counts().pending == N - 1 and j.counts().dead == 1
         # The dead letter reads back as text (ids and categories never fail a read again).
-        (dead_id, category, ptype), = j._read("SELECT id, category, typeof(payload) FROM dead")
+        (dead_id, category, ptype), = j.read("SELECT id, category, typeof(payload) FROM dead")
         assert isinstance(dead_id, str) and isinstance(category, str) and ptype == "blob"
     finally:
         j.close()
@@ -177,7 +177,7 @@ def test_salvage_copies_every_readable_row_into_a_new_journal(tmp_path: Path) ->
     try:
         assert verify(j).ok
         assert j.counts().pending == report.saved
-        saved = {r[0] for r in j._read("SELECT id FROM ops")}
+        saved = {r[0] for r in j.read("SELECT id FROM ops")}
     finally:
         j.close()
     assert saved <= set(ids)

@@ -32,7 +32,7 @@ from memwal import (
 )
 from memwal._core.config import CircuitBreakerConfig
 from memwal._core.records import MemoryOperation, Priority
-from memwal._delivery.consumer import journal_unusable
+from memwal._delivery.plan import journal_unusable
 from memwal._journal.journal import Journal
 from memwal._policy.breaker import CircuitBreaker
 from memwal._sinks.call import SinkFault, call_sink, deliver_isolating, halves, should_bisect

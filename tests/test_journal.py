@@ -234,10 +234,10 @@ class TestOrderAndLeases:
         assert [sql for sql, _, _ in statements] == [ACK_OPS, RETRY_OPS, RELEASE_OPS]
         assert [a.write_now(sql, params, removes=n) for sql, params, n in statements] == [1, 1, 1]
         state = "SELECT state, attempts, last_error, not_before, lease_owner FROM ops WHERE k = ?"
-        assert a._read(state, (mine["a"].key,)) == []
-        assert a._read(state, (mine["b"].key,)) == [(0, 1, "SinkUnavailable: down \u2717", now + 5, None)]
-        assert a._read(state, (mine["c"].key,)) == [(0, 0, None, 0.0, None)]
-        assert a._read(state, (theirs.key,)) == [(1, 0, None, 0.0, b.owner)]  # untouched
+        assert a.read(state, (mine["a"].key,)) == []
+        assert a.read(state, (mine["b"].key,)) == [(0, 1, "SinkUnavailable: down \u2717", now + 5, None)]
+        assert a.read(state, (mine["c"].key,)) == [(0, 0, None, 0.0, None)]
+        assert a.read(state, (theirs.key,)) == [(1, 0, None, 0.0, b.owner)]  # untouched
         assert a.counts().pending == 2
         # Moving rows between tables needs settle's one transaction.
         assert a.settle_statements(Settlement(dead=[(mine["b"].key, "rejected")])) is None
@@ -263,7 +263,7 @@ class TestOrderAndLeases:
         g = j.lease(1)[0][0]
         assert j.settle_statements(Settlement(acked=[g.key])) is None
         j.settle(Settlement(acked=[g.key]))
-        assert j._read("SELECT count(*) FROM done", ())[0][0] == 1
+        assert j.read("SELECT count(*) FROM done", ())[0][0] == 1
         j.close()
 
     def test_retry_state_survives_reopening(self, journal_path: Path) -> None:
@@ -277,7 +277,7 @@ class TestOrderAndLeases:
         j2.open()
         again = j2.lease(1)[0][0]
         assert again.attempts == 1
-        row = j2._read("SELECT last_error FROM ops WHERE k = ?", (again.key,))[0]
+        row = j2.read("SELECT last_error FROM ops WHERE k = ?", (again.key,))[0]
         assert row[0] == "SinkUnavailable: down"
         j2.close()
 

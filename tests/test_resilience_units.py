@@ -9,7 +9,7 @@ import pytest
 from memwal import BreakerState, CircuitBreaker, CircuitOpen, DeliveryReport, SinkRejected, SinkUnavailable
 from memwal._core.config import CircuitBreakerConfig
 from memwal._core.records import MemoryOperation
-from memwal._delivery.consumer import group_by_category, plan
+from memwal._delivery.plan import group_by_category, plan
 from memwal._journal.journal import LeasedOp
 from memwal._policy.retry import backoff_delay, next_attempt_at
 from memwal._policy.throttle import TokenBucket
@@ -164,3 +164,20 @@ class TestTokenBucket:
         b.set_rate(1000.0)
         clock.advance(0.1)
         assert b.delay(100) == 0.0
+
+
+def test_when_to_lease_decides_without_a_loop() -> None:
+    from memwal._delivery.plan import LeaseView, when_to_lease
+
+    idle = LeaseView(fatal=False, inflight=0, max_inflight=4, urgent=False, batch_waits=False,
+                     linger_left=0.0, breaker_wait=0.0, poll=0.05)
+    assert when_to_lease(idle) == ("lease", 0.0)  # a lone row after a quiet spell leaves at once
+    assert when_to_lease(idle._replace(fatal=True)) == ("nap", 0.05)
+    assert when_to_lease(idle._replace(max_inflight=0)) == ("progress", 0.05)  # another process delivers
+    assert when_to_lease(idle._replace(inflight=1)) == ("gather", 0.05)  # rows gather behind a batch
+    assert when_to_lease(idle._replace(inflight=1, batch_waits=True)) == ("lease", 0.0)
+    assert when_to_lease(idle._replace(inflight=1, urgent=True)) == ("lease", 0.0)  # a flush waits
+    assert when_to_lease(idle._replace(linger_left=0.008)) == ("gather", 0.008)
+    assert when_to_lease(idle._replace(linger_left=0.008, urgent=True)) == ("lease", 0.0)
+    assert when_to_lease(idle._replace(breaker_wait=30.0)) == ("nap", 0.05)
+    assert when_to_lease(idle._replace(breaker_wait=0.01)) == ("nap", 0.01)

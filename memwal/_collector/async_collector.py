@@ -139,7 +139,7 @@ class AsyncMemoryCollector(CollectHelpers[Awaitable[str]]):
             batch_size=self._batch_size, cache=lambda: None if self.cache is None else self.cache.statistics(),
             sink_concurrency=lambda: sink_concurrency(self.sink),
         ), clock=clock)
-        self._reader = Reader(self.journal, sink, self.cache, self.counters,
+        self._reader = Reader(self.journal, sink, self.cache, lambda: self.counters.delivered + self.counters.dead,
                               timeout=self.config.performance.operation_timeout)
         self._state = "new"
         # collect()'s settings, fixed for the collector's life (configure() cannot change them)

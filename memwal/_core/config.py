@@ -229,7 +229,7 @@ _UNKNOWN = re.compile(r"Object contains unknown field `(?P<key>[^`]+)`")
 _FIELD = re.compile(r"^(?P<key>[a-z_]+): (?P<msg>.*)$", re.DOTALL)  # from __post_init__
 
 
-def _translate(exc: msgspec.ValidationError, root: str) -> ConfigError:
+def translate_error(exc: msgspec.ValidationError, root: str) -> ConfigError:
     m = _AT.match(str(exc))
     assert m is not None
     msg, path = m["msg"], (m["path"] or "").lstrip(".")
@@ -379,13 +379,13 @@ def load_config(
     try:
         config = msgspec.convert(merged, Config)
     except msgspec.ValidationError as exc:
-        raise _translate(exc, root) from exc
+        raise translate_error(exc, root) from exc
     overrides = _env_overrides(env)
     if not overrides:
         return config
     try:
         return msgspec.convert(_deep_merge(msgspec.to_builtins(config), overrides), Config)
     except msgspec.ValidationError as exc:
-        err = _translate(exc, "")
+        err = translate_error(exc, "")
         var = "MEMWAL_" + err.path.upper().replace(".", "__", 1)
         raise ConfigError(f"{err.reason} (overrides {err.path})", path=var) from exc

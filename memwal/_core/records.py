@@ -181,6 +181,10 @@ class IdGenerator:
         self._tails = _new_tails()
         _GENERATORS.add(self)
 
+    def reseed(self) -> None:
+        """New random tails (a child after fork() must not repeat its parent's ids)."""
+        self._tails = _new_tails()
+
     def next(self) -> tuple[str, int]:
         """Return ``(id, seq)`` for a new operation."""
         clock = self._clock
@@ -218,7 +222,7 @@ def _new_tails() -> list[str]:
 
 def _after_fork_in_child() -> None:
     for gen in list(_GENERATORS):
-        gen._tails = _new_tails()
+        gen.reseed()
 
 
 def seq_to_id(seq: int, rnd56: int) -> str:

@@ -1,7 +1,7 @@
 """The anyio delivery loop: lease -> deliver (grouped by category) -> settle, plus housekeeping.
 
-What to ack, retry, dead-letter or release is decided by ``plan`` (a plain function);
-the loop only does the I/O. Journal calls run whole on a worker thread.
+When to lease and what to ack, retry, dead-letter or release are decided in ``plan``
+(plain functions); the loop only does the I/O. Journal calls run whole on a worker thread.
 """
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ import functools
 import logging
 import math
 import random
-import sqlite3
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,19 +20,20 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from .._core.config import AsyncCollectionConfig, Config
+from .._core.config import Config
 from .._core.errors import CircuitOpen, JournalError, SinkRejected, SinkUnavailable
 from .._journal import heartbeat
 from .._journal.journal import Journal, LeasedOp, Settlement, decode_rows
 from .._observe.stats import Counters
 from .._policy.adaptive import AdaptiveBatcher
 from .._policy.breaker import CircuitBreaker, breaker_for, breakers_of, retry_in
-from .._policy.retry import backoff_delay, next_attempt_at
+from .._policy.retry import backoff_delay
 from .._policy.throttle import TokenBucket
 from .._sinks.base import DeliveryReport, Sink
 from .._sinks.call import Outcome, call_sink, deliver_isolating, is_unexpected, should_bisect
+from .plan import LeaseView, describe, group_by_category, journal_unusable, plan, plan_with, when_to_lease
 
-__all__ = ["Consumer", "plan", "plan_with"]
+__all__ = ["Consumer"]
 
 log = logging.getLogger("memwal")
 
@@ -43,92 +42,6 @@ DECODE_SLICE = 64  # rows decoded on the loop between checkpoints
 # payload bytes and no large row was collected here since (a VM-step budget does
 # not bound the time spent reading large rows).
 LOOP_READ_BYTES = 1 << 20
-
-
-def plan(
-    group: Sequence[LeasedOp],
-    outcome: DeliveryReport | BaseException | None,
-    *,
-    max_retries: int,
-    retry_delay: float,
-    max_retry_delay: float,
-    now: float,
-    rng: Callable[[], float] = random.random,
-) -> Settlement:
-    """Decide each leased row's fate from a delivery outcome (no I/O).
-
-    ``outcome`` is None (all delivered), a DeliveryReport, or the exception the sink
-    call raised. CircuitOpen releases rows without using an attempt; SinkRejected
-    dead-letters; anything else is transient and retried with backoff until
-    ``max_retries`` retries are used, then dead-lettered with the last error.
-    """
-    s = Settlement(acked=[], retry=[], dead=[], held=[], release=[])
-    if isinstance(outcome, CircuitOpen):
-        s.release.extend(g.key for g in group)
-        return s
-    for g in group:
-        err: BaseException | None
-        if isinstance(outcome, BaseException):
-            err = outcome
-        else:
-            err = outcome.failed.get(g.op.id) if outcome is not None else None
-            holder = outcome.held.get(g.op.id) if outcome is not None else None
-            if err is None:
-                (s.held.append((g.key, holder)) if holder else s.acked.append(g.key))
-                continue
-        if isinstance(err, SinkRejected):
-            s.dead.append((g.key, f"rejected: {err}"))
-        elif isinstance(err, CircuitOpen):
-            s.release.append(g.key)
-        elif g.attempts >= max_retries:
-            s.dead.append((g.key, f"gave up after {g.attempts + 1} attempts: {_describe(err)}"))
-        else:
-            retry_after = err.retry_after if isinstance(err, SinkUnavailable) else None
-            when = next_attempt_at(now, g.attempts, retry_delay, max_retry_delay, retry_after, rng)
-            s.retry.append((g.key, _describe(err), when))
-    return s
-
-
-def plan_with(
-    group: Sequence[LeasedOp], outcome: DeliveryReport | BaseException | None, ac: AsyncCollectionConfig, now: float
-) -> Settlement:
-    """``plan`` with the retry policy of ``async_collection`` (the consumer's and replay's rule)."""
-    return plan(
-        group, outcome, max_retries=ac.max_retries, retry_delay=ac.retry_delay,
-        max_retry_delay=ac.max_retry_delay, now=now,
-    )
-
-
-def _describe(err: BaseException) -> str:
-    text = str(err)
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
-# SQLite's primary result codes that no retry can cure: the file is damaged or not a database.
-_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
-
-
-def journal_unusable(exc: BaseException) -> str | None:
-    """Why the journal cannot be used any more, or None when ``exc`` may pass (no I/O).
-
-    Unusable: SQLite says the file is corrupt or not a database, or memwal's tables are
-    gone. Locks, a full disk, I/O hiccups and a closing journal may pass: retried.
-    """
-    cause = exc.__cause__ if isinstance(exc, JournalError) else exc
-    if not isinstance(cause, sqlite3.DatabaseError):
-        return None
-    code = (getattr(cause, "sqlite_errorcode", 0) or 0) & 0xFF
-    if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "no such table" in str(cause):
-        return str(cause)
-    return None
-
-
-def group_by_category(leased: Sequence[LeasedOp], size: int) -> list[list[LeasedOp]]:
-    """Batches of at most ``size`` operations of one category, in lease order."""
-    by_cat: dict[str, list[LeasedOp]] = defaultdict(list)
-    for item in leased:
-        by_cat[item.op.category].append(item)
-    return [ops[i : i + size] for ops in by_cat.values() for i in range(0, len(ops), size)]
 
 
 class Consumer:
@@ -325,33 +238,21 @@ class Consumer:
     async def _lease_loop(self, tg: anyio.abc.TaskGroup) -> None:
         poll = self.config.journal.poll_interval
         while not self._stopping:
-            if self.fatal is not None:  # the journal is unusable: lease nothing until closed
-                await self._nap(poll)
-                continue
-            if self._inflight >= self.max_inflight:  # 0: another process delivers
-                await self.wait_progress(poll)
-                continue
-            if self._inflight and not self._urgent and not self._batch_waits():
-                # Nagle for batches: while one is in flight, rows gather for the next
-                # instead of leaving in tiny batches; each batch costs two journal
-                # transactions and thread hops whatever its size. Under light load
-                # nothing is in flight and a single row is leased at once.
-                await self._gather(poll)
-                continue
             ac = self.config.async_collection
-            linger = self._last_lease + min(ac.batch_linger, ac.batch_timeout) - anyio.current_time()
-            if linger > 0 and not self._urgent and not self._batch_waits():
-                # Rows keep arriving: the last lease began under ``batch_linger`` ago,
-                # so let this batch fill a little longer. With a fast sink, leasing at
-                # every settle made batches of a few dozen rows, and that churn (a read
-                # on a worker thread, claims and acks on the loop) slowed collect:
-                # p50 1.70x the floor against 1.58x with a 10 ms linger. After a quiet
-                # spell the last lease is old and a lone row is leased at once.
-                await self._gather(linger)
+            step, seconds = when_to_lease(LeaseView(
+                fatal=self.fatal is not None, inflight=self._inflight, max_inflight=self.max_inflight,
+                urgent=self._urgent, batch_waits=self._batch_waits(),
+                linger_left=self._last_lease + min(ac.batch_linger, ac.batch_timeout) - anyio.current_time(),
+                breaker_wait=self._breaker_wait(), poll=poll,
+            ))
+            if step == "progress":
+                await self.wait_progress(seconds)
                 continue
-            wait = self._breaker_wait()
-            if wait > 0:
-                await self._nap(min(wait, poll))
+            if step == "gather":
+                await self._gather(seconds)
+                continue
+            if step == "nap":
+                await self._nap(seconds)
                 continue
             began = anyio.current_time()
             try:
@@ -592,7 +493,7 @@ class Consumer:
         if should_bisect(outcome, len(ops)):
             self.counters.bisections += 1
             log.warning("batch of %d failed as a whole (%s); splitting it to isolate the cause",
-                        len(ops), _describe(outcome))  # type: ignore[arg-type]  # should_bisect: an exception
+                        len(ops), describe(outcome))  # type: ignore[arg-type]  # should_bisect: an exception
         elif self.batcher is not None and not isinstance(outcome, CircuitOpen | SinkRejected) \
                 and not is_unexpected(outcome):
             # a transient failure shrinks the batch; a rejection or a bug says nothing about its size

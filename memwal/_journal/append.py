@@ -175,7 +175,7 @@ class Appender(JournalBase):
 
     def refresh_depth(self) -> int:
         """Count undelivered rows exactly and reset the back-pressure estimate."""
-        n = int(self._read("SELECT count(*) FROM ops")[0][0])
+        n = int(self.read("SELECT count(*) FROM ops")[0][0])
         with self._wlock:
             self._set_depth(n)
         return n

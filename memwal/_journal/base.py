@@ -233,7 +233,9 @@ class JournalBase:
             raise JournalError("journal is closed", path=str(self.path))
         return which
 
-    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+    def read(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        """One read statement on the read connection (a row that is not UTF-8 is read
+        leniently, never raising); JournalError names the file."""
         with self._rlock:
             try:
                 return fetch_all(self._conn(self._r), sql, tuple(params))
@@ -265,7 +267,7 @@ class JournalBase:
                 raise JournalError(f"cannot sync the journal: {exc}", path=str(self.path)) from exc
             self.synced = max(self.synced, target)
 
-    def _write(self, fn: Callable[[sqlite3.Connection], Any], removes: Sequence[int] = ()) -> Any:
+    def transaction(self, fn: Callable[[sqlite3.Connection], Any], removes: Sequence[int] = ()) -> Any:
         """``fn`` in one write transaction; ``removes``: the keys it takes out of ``ops``."""
         with self._clock_c, self._wlock:
             c = self._conn(self._w)

@@ -63,7 +63,7 @@ def collectors(journal: Journal) -> list[CollectorSeen]:
         ['build-7:4242:1f2e3d4c']
     """
     now = journal.clock()
-    rows = journal._read("SELECT owner, started_at, seen_at FROM collectors ORDER BY seen_at DESC")
+    rows = journal.read("SELECT owner, started_at, seen_at FROM collectors ORDER BY seen_at DESC")
     return [
         CollectorSeen(
             owner=owner,

@@ -111,7 +111,7 @@ class Leases(JournalBase):
             sanitize_rows(c, "ops", [k for k, _, _ in bad])
             move_dead(c, [(k, r) for k, _, r in bad], now, table="ops", add_attempt=0)
 
-        self._write(txn, removes=[k for k, _, _ in bad])
+        self.transaction(txn, removes=[k for k, _, _ in bad])
 
     def claim_statements(self, table: str, good: Sequence[LeasedOp], now: float) -> list[tuple[str, tuple[Any, ...], list[int]]]:
         """``(sql, params, keys)`` per chunk: each leases its keys that are still ready."""
@@ -173,7 +173,7 @@ class Leases(JournalBase):
             return []
         good, bad = decode_rows(rows)
         if bad:  # the fallback already has these; a damaged copy here cannot be re-sent
-            self._write(lambda c: c.executemany("DELETE FROM held WHERE k = ?", [(k,) for k, _, _ in bad]))
+            self.transaction(lambda c: c.executemany("DELETE FROM held WHERE k = ?", [(k,) for k, _, _ in bad]))
         claimed = self._claim("held", good, now)
         for _, op_id, reason in bad:
             log.error("held operation %s cannot be reconciled: %s", op_id, reason)
@@ -222,7 +222,7 @@ class Leases(JournalBase):
                 c.executemany("DELETE FROM ops WHERE k = ?", [(k,) for k, _ in s.held])
 
         removed = [*s.acked, *(k for k, _ in s.dead), *(k for k, _ in s.held)]
-        self._write(txn, removes=removed)
+        self.transaction(txn, removes=removed)
         if removed:
             with self._wlock:
                 self._depth_delta -= len(removed)
@@ -244,7 +244,7 @@ class Leases(JournalBase):
                 [(k, self.owner) for k in release],
             )
 
-        self._write(txn)
+        self.transaction(txn)
 
     def recover(self) -> int:
         """Return rows leased by processes that are gone (on this host) to pending."""
@@ -267,7 +267,7 @@ class Leases(JournalBase):
                         n += cur.rowcount
             return n
 
-        n: int = self._write(txn)
+        n: int = self.transaction(txn)
         if n:
             log.info("recovered %d operations leased by processes that are gone (journal %s)", n, self.path)
         return n
@@ -291,7 +291,7 @@ class Leases(JournalBase):
             return int(a + b)
 
         try:
-            return int(self._write(txn))
+            return int(self.transaction(txn))
         except JournalError as exc:
             log.warning("cannot release leases at shutdown (%s); they return to pending when they expire", exc)
             return 0

@@ -18,7 +18,7 @@ class Maintenance(JournalBase):
         """Delete delivered rows kept past ``retention_seconds``."""
         cutoff = self.clock() - self.config.retention_seconds
         return int(
-            self._write(lambda c: c.execute("DELETE FROM done WHERE delivered_at < ?", (cutoff,)).rowcount)
+            self.transaction(lambda c: c.execute("DELETE FROM done WHERE delivered_at < ?", (cutoff,)).rowcount)
         )
 
     def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int, int]:

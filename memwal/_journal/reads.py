@@ -27,9 +27,9 @@ class Reads(JournalBase):
 
     def counts(self) -> JournalCounts:
         """Rows by state across every process using this journal."""
-        ops = dict(self._read("SELECT state, count(*) FROM ops GROUP BY state"))
+        ops = dict(self.read("SELECT state, count(*) FROM ops GROUP BY state"))
         (dead,), (done,), (held,) = (
-            self._read(f"SELECT count(*) FROM {t}")[0] for t in ("dead", "done", "held")
+            self.read(f"SELECT count(*) FROM {t}")[0] for t in ("dead", "done", "held")
         )
         return JournalCounts(
             pending=ops.get(0, 0), leased=ops.get(1, 0), dead=dead, delivered=done, held=held
@@ -70,11 +70,11 @@ class Reads(JournalBase):
         params: list[int] = []
         for rank in range(4):
             params += [rank << RANK_SHIFT, (rank << RANK_SHIFT) | (seq & SEQ_MASK)]
-        return bool(self._read(sql, params))
+        return bool(self.read(sql, params))
 
     def oldest_pending(self) -> float | None:
         """``created_at`` of the oldest undelivered operation, or None."""
-        row = self._read("SELECT min(created_at) FROM ops")[0]
+        row = self.read("SELECT min(created_at) FROM ops")[0]
         return None if row[0] is None else float(row[0])
 
     def find(self, op_id: str) -> MemoryOperation | None:
@@ -84,7 +84,7 @@ class Reads(JournalBase):
         except ValueError:
             return None
         keys = [(r << RANK_SHIFT) | seq for r in range(4)]
-        rows = self._read("SELECT crc, payload FROM ops WHERE k IN (?, ?, ?, ?)", keys)
+        rows = self.read("SELECT crc, payload FROM ops WHERE k IN (?, ?, ?, ?)", keys)
         for crc, payload in rows:
             op, _ = check_row(payload, crc)
             if op is not None and op.id == op_id:
@@ -93,7 +93,7 @@ class Reads(JournalBase):
 
     def dead_reason(self, op_id: str) -> str | None:
         """Why the operation with this id was dead-lettered, or None if it was not."""
-        rows = self._read("SELECT reason FROM dead WHERE id = ?", (op_id,))
+        rows = self.read("SELECT reason FROM dead WHERE id = ?", (op_id,))
         return str(rows[0][0]) if rows else None
 
     def undelivered(self, *, category: str | None = None, limit: int = 1000) -> list[MemoryOperation]:
@@ -107,7 +107,7 @@ class Reads(JournalBase):
         rows: list[Any] = []
         for rank in range(4):
             params = [rank << RANK_SHIFT, (rank + 1) << RANK_SHIFT, *([category] if category else []), limit]
-            rows += self._read(sql, params)
+            rows += self.read(sql, params)
         rows.sort(key=lambda r: r[0], reverse=True)
         rows = [(c, p) for _, c, p in rows[:limit]]
         return [op for op in (check_row(p, c)[0] for c, p in rows) if op is not None]

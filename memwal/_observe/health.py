@@ -183,7 +183,7 @@ def read_journal(journal: Journal) -> _JournalView:
     counts = journal.counts()
     sql = " , ".join(["(SELECT count(*) FROM ops WHERE k BETWEEN ? AND ?)"] * 4)
     params = [x for r in range(4) for x in (r << RANK_SHIFT, (r << RANK_SHIFT) | SEQ_MASK)]
-    by_rank = journal._read(f"SELECT {sql}", params)[0]
+    by_rank = journal.read(f"SELECT {sql}", params)[0]
     return _JournalView(
         counts=counts,
         depth=msgspec.structs.asdict(counts),

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import msgspec
 
 if TYPE_CHECKING:
-    from .._collector.async_collector import AsyncMemoryCollector
-    from .._collector.sync_collector import MemoryCollector
     from .health import Health, Histogram
 
-__all__ = ["MetricFamily", "Sample", "families", "journal_families", "metrics_text", "render"]
+__all__ = ["MetricFamily", "Sample", "SupportsHealth", "families", "journal_families", "metrics_text", "render"]
+
+
+class SupportsHealth(Protocol):
+    """Anything with ``health()``: AsyncMemoryCollector and MemoryCollector."""
+
+    def health(self) -> Health: ...
 
 _STATUSES = ("ok", "degraded", "failing")
 
@@ -165,7 +169,7 @@ def journal_families(
     return fams
 
 
-def metrics_text(collector: AsyncMemoryCollector | MemoryCollector) -> str:
+def metrics_text(collector: SupportsHealth) -> str:
     """The collector's ``health()`` in the Prometheus text exposition format (0.0.4).
 
     Example:

@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from .._core.config import Config, _translate
+from .._core.config import Config, translate_error
 from .._core.errors import ConfigError
 
 __all__ = ["TUNABLE", "AdaptiveBatcher", "apply_changes"]
@@ -63,7 +63,7 @@ def apply_changes(config: Config, changes: Mapping[str, Any]) -> tuple[Config, l
         try:
             sections[section] = msgspec.convert({**msgspec.to_builtins(current), **values}, type(current))
         except msgspec.ValidationError as exc:
-            raise _translate(exc, section) from exc
+            raise translate_error(exc, section) from exc
     paths = sorted(f"{s}.{k}" for s, v in by_section.items() for k in v)
     return msgspec.structs.replace(config, **sections), paths
 

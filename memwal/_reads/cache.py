@@ -92,19 +92,20 @@ class _Store(cachetools.TTLCache[Hashable, _Entry]):
     """TTLCache that reports what it evicts (``popitem``) and expires."""
 
     def __init__(self, maxsize: float, ttl: float, timer: Callable[[], float],
-                 getsizeof: Callable[[_Entry], float] | None, owner: MemoryCache) -> None:
+                 getsizeof: Callable[[_Entry], float] | None, on_evict: Callable[[_Entry], None],
+                 on_expire: Callable[[_Entry], None]) -> None:
         super().__init__(maxsize, ttl, timer=timer, getsizeof=getsizeof)
-        self._owner = owner
+        self._on_evict, self._on_expire = on_evict, on_expire
 
     def popitem(self) -> tuple[Hashable, _Entry]:
         key, entry = super().popitem()
-        self._owner._evicted(entry)
+        self._on_evict(entry)
         return key, entry
 
     def expire(self, time: float | None = None) -> Any:
         gone = super().expire(time)
         for _, entry in gone:
-            self._owner._expired(entry)
+            self._on_expire(entry)
         return gone
 
 
@@ -150,8 +151,8 @@ class MemoryCache:
 
     def _new_store(self) -> _Store:
         if self.max_bytes is None:
-            return _Store(self.max_size, self.ttl, self._timer, None, self)
-        return _Store(self.max_bytes, self.ttl, self._timer, lambda e: e.nbytes, self)
+            return _Store(self.max_size, self.ttl, self._timer, None, self._evicted, self._expired)
+        return _Store(self.max_bytes, self.ttl, self._timer, lambda e: e.nbytes, self._evicted, self._expired)
 
     @classmethod
     def from_config(cls, config: CacheConfig, *, timer: Callable[[], float] = time.monotonic) -> MemoryCache:

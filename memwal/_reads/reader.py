@@ -24,7 +24,6 @@ from .cache import MemoryCache, Scope
 
 if TYPE_CHECKING:
     from .._journal.journal import Journal
-    from .._observe.stats import Counters
     from .._sinks.base import Sink
 
 __all__ = ["PENDING_SCAN", "Reader", "matches", "merge_recent", "merge_search"]
@@ -113,16 +112,16 @@ class Reader:
     """The collector's read path (one per collector).
 
     Example:
-        >>> reader = Reader(journal, sink, MemoryCache(), counters, timeout=15.0)
+        >>> reader = Reader(journal, sink, MemoryCache(), lambda: delivered + dead, timeout=15.0)
         >>> await reader.search("parser crash", category="bug")
     """
 
-    def __init__(self, journal: Journal, sink: Sink, cache: MemoryCache | None, counters: Counters,
+    def __init__(self, journal: Journal, sink: Sink, cache: MemoryCache | None, settled: Callable[[], int],
                  *, timeout: float) -> None:
         self.journal = journal
         self.sink = sink
         self.cache = cache
-        self.counters = counters
+        self.settled = settled  # operations delivered or dead-lettered so far (a count that only grows)
         self.timeout = timeout
 
     def _check_open(self) -> None:
@@ -140,7 +139,7 @@ class Reader:
         if self.cache is None:
             return _MISS
         # Results holding pending ops are void once any op settles (delivered or dead).
-        self.cache.note_settled(self.counters.delivered + self.counters.dead)
+        self.cache.note_settled(self.settled())
         return self.cache.get(key, _MISS)
 
     def _store(self, key: tuple[Any, ...], value: Any, token: Any, scope: Scope | None, pending: bool) -> None:

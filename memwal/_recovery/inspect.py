@@ -71,7 +71,7 @@ STATES: dict[str, tuple[str, str, str]] = {
     ),
 }
 UNDELIVERED = ("pending", "leased", "dead", "held")
-_PAGE = 500  # rows per read or write transaction: short enough to never stall a collector
+PAGE = 500  # rows per read or write transaction: short enough to never stall a collector
 
 
 # -- opening -----------------------------------------------------------------------
@@ -195,13 +195,13 @@ def status(journal: Journal) -> StatusReport:
     totals = dict.fromkeys(STATES, 0)
     cats: dict[str, dict[str, int]] = {}
     prios: dict[str, dict[str, int]] = {p.value: dict.fromkeys(STATES, 0) for p in PRIORITY_BY_RANK}
-    for state, cat, rank, n in journal._read(_COUNT_SQL):  # one statement: one snapshot
+    for state, cat, rank, n in journal.read(_COUNT_SQL):  # one statement: one snapshot
         totals[state] += n
         cats.setdefault(cat, dict.fromkeys(STATES, 0))[state] += n
         prios[PRIORITY_BY_RANK[rank].value][state] += n
     live = recoverable = 0
     running = False
-    for table, owner, fresh, n in journal._read(
+    for table, owner, fresh, n in journal.read(
         "SELECT 'ops', lease_owner, sum(lease_until >= ?), count(*) FROM ops WHERE state = 1 GROUP BY 2"
         " UNION ALL SELECT 'held', lease_owner, sum(lease_until >= ?), count(*) FROM held"
         " WHERE lease_owner IS NOT NULL GROUP BY 2",
@@ -215,8 +215,8 @@ def status(journal: Journal) -> StatusReport:
     seen = collectors(journal)
     running = running or any(c.alive for c in seen)
     oldest = journal.oldest_pending()
-    reasons = dict(journal._read("SELECT reason, count(*) FROM dead GROUP BY reason ORDER BY 2 DESC, 1"))
-    version = journal._read("PRAGMA user_version")[0][0]
+    reasons = dict(journal.read("SELECT reason, count(*) FROM dead GROUP BY reason ORDER BY 2 DESC, 1"))
+    version = journal.read("PRAGMA user_version")[0][0]
     return StatusReport(
         journal=str(journal.path),
         schema_version=int(version),
@@ -234,12 +234,12 @@ def status(journal: Journal) -> StatusReport:
         categories=dict(sorted(cats.items())),
         priorities=prios,
         dead_by_reason=reasons,
-        journal_bytes=_size(journal.path),
-        wal_bytes=_size(Path(f"{journal.path}-wal")),
+        journal_bytes=file_size(journal.path),
+        wal_bytes=file_size(Path(f"{journal.path}-wal")),
     )
 
 
-def _size(p: Path) -> int:
+def file_size(p: Path) -> int:
     try:
         return p.stat().st_size
     except FileNotFoundError:
@@ -292,7 +292,7 @@ def _row(state: str, r: Sequence[Any]) -> OpRow:
 
 
 def _iter_rows(
-    journal: Journal, states: Sequence[str], category: str | None = None, page: int = _PAGE
+    journal: Journal, states: Sequence[str], category: str | None = None, page: int = PAGE
 ) -> Iterator[OpRow]:
     """Rows of ``states`` in key order, read a page per statement."""
     for state in states:
@@ -301,7 +301,7 @@ def _iter_rows(
         after = -1
         while True:
             params: list[Any] = [after, *([category] if category is not None else []), page]
-            rows = journal._read(
+            rows = journal.read(
                 f"SELECT {cols} FROM {table} WHERE {where} AND k > ?{extra} ORDER BY k LIMIT ?", params
             )
             for r in rows:
@@ -320,7 +320,7 @@ def list_ops(
         >>> [r.id for r in list_ops(journal, states=["dead"], limit=5)]
     """
     out: list[OpRow] = []
-    for row in _iter_rows(journal, states, category, page=min(limit, _PAGE) or 1):
+    for row in _iter_rows(journal, states, category, page=min(limit, PAGE) or 1):
         if len(out) >= limit:
             break
         out.append(row)
@@ -339,7 +339,7 @@ def count_ops(journal: Journal, *, states: Sequence[str] = UNDELIVERED, category
     sql = " UNION ALL ".join(
         f"SELECT count(*) FROM {STATES[s][0]} WHERE {STATES[s][1]}{extra}" for s in states
     )
-    return sum(int(n) for (n,) in journal._read(sql, params * len(states))) if states else 0
+    return sum(int(n) for (n,) in journal.read(sql, params * len(states))) if states else 0
 
 
 def show_op(journal: Journal, op_id: str) -> OpRow | None:
@@ -351,7 +351,7 @@ def show_op(journal: Journal, op_id: str) -> OpRow | None:
     """
     keys = _keys(op_id)
     for state, (table, where, cols) in STATES.items():
-        rows = journal._read(
+        rows = journal.read(
             f"SELECT {cols} FROM {table} WHERE {where} AND k IN (?, ?, ?, ?) AND id = ?", [*keys, op_id]
         )
         if rows:
@@ -426,7 +426,7 @@ def import_ops(
     """Append each JSON line's operation as pending, keeping its id.
 
     An id already in the journal (in any state) is skipped; a bad line is reported
-    with its number and writes nothing. Lines are written ``_PAGE`` to a
+    with its number and writes nothing. Lines are written ``PAGE`` to a
     transaction (an interrupted import keeps whole pages; importing again skips
     them); ``progress`` is called after each page.
 
@@ -440,7 +440,7 @@ def import_ops(
 
     def flush() -> None:
         nonlocal imported
-        done, present, clashes = journal._write(functools.partial(_insert_page, page))
+        done, present, clashes = journal.transaction(functools.partial(_insert_page, page))
         imported += done
         skipped.extend(present)
         errors.extend(clashes)
@@ -458,7 +458,7 @@ def import_ops(
         except InvalidOperation as exc:
             errors.append((n, str(exc)))
             continue
-        if len(page) >= _PAGE:
+        if len(page) >= PAGE:
             flush()
     flush()
     journal.refresh_depth()
@@ -554,7 +554,7 @@ def requeue(
         keys = [k for i in ids for k in _keys(i)]
         where.append(f"k IN ({', '.join('?' * len(keys))}) AND id IN ({', '.join('?' * len(ids))})")
         params += [*keys, *ids]
-    select = f"SELECT k, id FROM dead WHERE {' AND '.join(where)} ORDER BY k LIMIT {_PAGE}"
+    select = f"SELECT k, id FROM dead WHERE {' AND '.join(where)} ORDER BY k LIMIT {PAGE}"
 
     def txn(c: sqlite3.Connection) -> list[str]:
         rows = c.execute(select, params).fetchall()
@@ -567,7 +567,7 @@ def requeue(
         return [str(i) for _, i in rows]
 
     done: list[str] = []
-    while batch := journal._write(txn):
+    while batch := journal.transaction(txn):
         done += batch
         journal.refresh_depth()
     for op_id in done:

@@ -14,13 +14,13 @@ import msgspec
 
 from .._core.config import Config
 from .._core.errors import CircuitOpen, ConfigError, InvalidOperation, SinkUnavailable
-from .._delivery.consumer import group_by_category, plan_with
+from .._delivery.plan import group_by_category, plan_with
 from .._journal.journal import Journal, owner_is_gone
 from .._policy.breaker import breaker_for
 from .._policy.throttle import TokenBucket
 from .._sinks.base import Sink
 from .._sinks.call import Outcome, call_sink, deliver_isolating, is_unexpected
-from .inspect import _PAGE, requeue
+from .inspect import PAGE, requeue
 
 __all__ = ["ReplayProgress", "ReplayReport", "replay", "sink_from_uri"]
 
@@ -119,7 +119,7 @@ def _selection(journal: Journal, category: str | None, include_dead: bool) -> tu
     where, params = ("WHERE category = ?", [category]) if category is not None else ("", [])
     ready: dict[str, int] = {}
     waiting = live = 0
-    for cat, state, owner, fresh, later, n in journal._read(
+    for cat, state, owner, fresh, later, n in journal.read(
         "SELECT category, state, lease_owner, lease_until >= ?, not_before > ?, count(*)"
         f" FROM ops {where} GROUP BY 1, 2, 3, 4, 5",
         [now, now, *params],
@@ -130,7 +130,7 @@ def _selection(journal: Journal, category: str | None, include_dead: bool) -> tu
             waiting += n if state == 0 and later else 0
             ready[cat] = ready.get(cat, 0) + n
     if include_dead:
-        for cat, n in journal._read(f"SELECT category, count(*) FROM dead {where} GROUP BY 1", params):
+        for cat, n in journal.read(f"SELECT category, count(*) FROM dead {where} GROUP BY 1", params):
             ready[cat] = ready.get(cat, 0) + n
     return ready, waiting, live
 
@@ -211,10 +211,10 @@ async def replay(
 
 def _ids_in_ops(journal: Journal, keys: list[int]) -> set[str]:
     out: set[str] = set()
-    for i in range(0, len(keys), _PAGE):
-        part = keys[i : i + _PAGE]
+    for i in range(0, len(keys), PAGE):
+        part = keys[i : i + PAGE]
         out |= {
-            r[0] for r in journal._read(f"SELECT id FROM ops WHERE k IN ({', '.join('?' * len(part))})", part)
+            r[0] for r in journal.read(f"SELECT id FROM ops WHERE k IN ({', '.join('?' * len(part))})", part)
         }
     return out
 
@@ -222,7 +222,7 @@ def _ids_in_ops(journal: Journal, keys: list[int]) -> set[str]:
 def _make_ready(journal: Journal, category: str | None) -> None:
     # The operator asked for delivery now: backoff from earlier failures is waived.
     extra, params = (" AND category = ?", [category]) if category is not None else ("", [])
-    journal._write(
+    journal.transaction(
         lambda c: c.execute(
             f"UPDATE ops SET not_before = 0 WHERE state = 0 AND not_before > 0{extra}", params
         )

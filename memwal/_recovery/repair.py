@@ -17,7 +17,7 @@ from .._core.records import id_to_seq
 from .._journal.journal import Journal
 from .._journal.rows import check_row, readable, row_damage, sanitize_rows
 from .._journal.schema import APPLICATION_ID, MIGRATIONS, RANK_SHIFT, SCHEMA_VERSION, SEQ_MASK
-from .inspect import _PAGE, STATES, _size
+from .inspect import PAGE, STATES, file_size
 
 __all__ = ["CompactReport", "Problem", "SalvageReport", "VerifyReport", "compact", "salvage", "verify"]
 
@@ -55,11 +55,11 @@ def verify(journal: Journal, *, repair: bool = False) -> VerifyReport:
     """
     problems = [
         Problem(where="integrity", id=None, detail=str(r[0]))
-        for r in journal._read("PRAGMA integrity_check")
+        for r in journal.read("PRAGMA integrity_check")
         if r[0] != "ok"
     ]
-    app_id = journal._read("PRAGMA application_id")[0][0]
-    version = journal._read("PRAGMA user_version")[0][0]
+    app_id = journal.read("PRAGMA application_id")[0][0]
+    version = journal.read("PRAGMA user_version")[0][0]
     if app_id != APPLICATION_ID or version != SCHEMA_VERSION:
         problems.append(
             Problem(
@@ -100,9 +100,9 @@ def _scan(journal: Journal, table: str, where: str) -> Iterator[tuple[Any, ...]]
     reason = "reason" if table == "dead" else "NULL"
     attempts = "0" if table == "done" else "attempts"
     after = -1
-    while rows := journal._read(
+    while rows := journal.read(
         f"SELECT k, id, crc, payload, {reason}, {attempts} FROM {table} WHERE {where} AND k > ? ORDER BY k LIMIT ?",
-        (after, _PAGE),
+        (after, PAGE),
     ):
         yield from rows
         after = rows[-1][0]
@@ -149,10 +149,10 @@ def _repair(journal: Journal, bad: list[tuple[str, int, str, str]]) -> set[int]:
         return {k for _, k, _, _ in part}
 
     fixed: set[int] = set()
-    for i in range(0, len(bad), _PAGE):
-        part = bad[i : i + _PAGE]
+    for i in range(0, len(bad), PAGE):
+        part = bad[i : i + PAGE]
         removes = [k for state, k, _, _ in part if STATES[state][0] == "ops"]  # a flush counts them
-        fixed |= journal._write(functools.partial(txn, part=part), removes=removes)
+        fixed |= journal.transaction(functools.partial(txn, part=part), removes=removes)
         for state, _, op_id, detail in part:
             log.error("verify: operation %s (%s) quarantined in dead letters: %s", op_id, state, detail)
     journal.refresh_depth()
@@ -186,7 +186,7 @@ def compact(journal: Journal) -> CompactReport:
         1835008
     """
     wal = Path(f"{journal.path}-wal")
-    before = _size(journal.path) + _size(wal)
+    before = file_size(journal.path) + file_size(wal)
     purged = journal.purge_done()
     journal.checkpoint("TRUNCATE")
     try:
@@ -201,7 +201,7 @@ def compact(journal: Journal) -> CompactReport:
     return CompactReport(
         purged=purged,
         bytes_before=before,
-        bytes_after=_size(journal.path) + _size(wal),
+        bytes_after=file_size(journal.path) + file_size(wal),
         checkpoint_complete=not busy,
     )
 
@@ -301,7 +301,7 @@ def _read_from(src: sqlite3.Connection, table: str, cols: str, after: int, n: in
 def _copy_table(
     src: sqlite3.Connection, target: Journal, table: str, cols: str
 ) -> tuple[int, list[tuple[int, int, int]], list[str]]:
-    saved, after, n = 0, -1, _PAGE
+    saved, after, n = 0, -1, PAGE
     gaps: list[tuple[int, int, int]] = []
     errors: list[str] = []
     recent: list[int] = []  # the last keys saved, for the key density around a gap
@@ -321,7 +321,7 @@ def _copy_table(
                 errors.append(f"{table}: nothing readable after key {after}: {exc}")
                 gaps.append((after, _MAX_KEY, _estimate(recent, [], after, after)))
                 break
-            gap, after, n = (after, nxt), nxt - 1, _PAGE
+            gap, after, n = (after, nxt), nxt - 1, PAGE
             continue
         if gap is not None:
             gaps.append((*gap, _estimate(recent, rows, *gap)))
@@ -330,7 +330,7 @@ def _copy_table(
             break
         _insert(target, table, cols, rows)
         saved += len(rows)
-        after, n = int(rows[-1][0]), _PAGE
+        after, n = int(rows[-1][0]), PAGE
         recent = [*recent, *(int(r[0]) for r in rows[-100:])][-100:]
     if gap is not None:
         gaps.append((*gap, _estimate(recent, [], *gap)))
@@ -385,7 +385,7 @@ def _insert(target: Journal, table: str, cols: str, rows: list[Any]) -> None:
     if table == "ops":  # leases of the damaged file's consumers mean nothing here
         values = [(*v[:1], 0, *v[2:4], None, None, *v[6:]) for v in values]
     sql = f"INSERT OR IGNORE INTO {table} ({cols}) VALUES ({', '.join('?' * len(names))})"
-    target._write(lambda c: c.executemany(sql, values), removes=())
+    target.transaction(lambda c: c.executemany(sql, values), removes=())
 
 
 def _text(value: Any) -> Any:
