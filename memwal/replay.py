@@ -35,7 +35,7 @@ from . import __version__
 from ._core.config import Config, load_config
 from ._core.errors import MemwalError
 from ._journal.journal import Journal
-from ._observe.metrics import MetricFamily, Sample, render
+from ._observe.metrics import MetricFamily, Sample, journal_families, render
 from ._recovery import inspect as rec
 from ._recovery import redrive, repair
 
@@ -134,12 +134,10 @@ def _families(s: rec.StatusReport) -> list[MetricFamily]:
         "delivered": s.delivered,
         "held": s.held,
     }
+    undelivered = {p: by.get("pending", 0) + by.get("leased", 0) for p, by in s.priorities.items()}
     return [
-        _gauge(
-            "operations",
-            "Operations in the journal by state.",
-            [Sample(v, {"state": k}) for k, v in states.items()],
-        ),
+        # the gauges a live collector exports too, defined once in _observe.metrics
+        *journal_families(states, undelivered, s.oldest_pending_age_seconds, s.journal_bytes, s.wal_bytes),
         _gauge(
             "category_operations",
             "Operations in the journal by category and state.",
@@ -170,19 +168,9 @@ def _families(s: rec.StatusReport) -> list[MetricFamily]:
             [Sample(sum(c.alive for c in s.collectors))],
         ),
         _gauge(
-            "oldest_pending_age_seconds",
-            "Age of the oldest undelivered operation (0 when there is none).",
-            [Sample(s.oldest_pending_age_seconds or 0.0)],
-        ),
-        _gauge(
             "dead_operations",
             "Dead letters by reason.",
             [Sample(n, {"reason": r}) for r, n in s.dead_by_reason.items()],
-        ),
-        _gauge(
-            "file_bytes",
-            "Size of the journal file and its WAL.",
-            [Sample(s.journal_bytes, {"file": "journal"}), Sample(s.wal_bytes, {"file": "wal"})],
         ),
         _gauge("schema_version", "The journal's schema version.", [Sample(s.schema_version)]),
     ]

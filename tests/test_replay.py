@@ -452,7 +452,9 @@ def test_status_prometheus_renders_the_journal_gauges(
     assert 'memwal_journal_operations{state="pending"} 2\n' in text
     assert 'memwal_journal_dead_operations{reason="rejected: \\"quoted\\""} 1\n' in text
     assert 'memwal_journal_file_bytes{file="journal"} ' in text
-    assert "# TYPE memwal_journal_oldest_pending_age_seconds gauge" in text
+    # the same family a live collector's metrics_text exports (defined once)
+    assert "# TYPE memwal_oldest_pending_age_seconds gauge" in text
+    assert 'memwal_journal_undelivered{priority="medium"} 2\n' in text
     assert 'memwal_journal_priority_operations{priority="medium",state="dead"} 1\n' in text
 
 
