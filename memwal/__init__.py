@@ -24,6 +24,8 @@ from ``MemwalError``. Test doubles live in ``memwal.testing``. The command line 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._collector.async_collector import AsyncMemoryCollector
 from ._collector.sync_collector import MemoryCollector
 from ._core.config import Config, load_config
@@ -47,8 +49,10 @@ from ._policy.breaker import BreakerState, CircuitBreaker
 from ._reads.cache import CacheStatistics, MemoryCache
 from ._sinks.base import DeliveryReport, Sink
 from ._sinks.fallback import FallbackSink
-from ._sinks.mem0 import Mem0Sink
 from ._sinks.sqlite import SQLiteSink
+
+if TYPE_CHECKING:
+    from ._sinks.mem0 import Mem0Sink
 
 __version__ = "0.1.0"
 
@@ -87,9 +91,12 @@ __all__ = [
 ]
 
 
-def _show_as_public() -> None:
-    """Make every public class and function name itself ``memwal.X`` (in reprs,
-    tracebacks and help), not the private module that defines it.
+_LAZY = {"Mem0Sink"}  # needs aiohttp, which takes longer to import than the rest of memwal
+
+
+def _show_as_public(obj: Any) -> None:
+    """Make a public class or function name itself ``memwal.X`` (in reprs, tracebacks
+    and help), not the private module that defines it.
 
     A class's string annotations are evaluated first: msgspec and
     ``typing.get_type_hints`` resolve them in the module its ``__module__`` names, and
@@ -99,21 +106,32 @@ def _show_as_public() -> None:
     import inspect
     import typing
 
-    for name in __all__:
-        obj = globals()[name]
-        if not getattr(obj, "__module__", "").startswith("memwal."):
-            continue  # __version__, or a name defined outside memwal
-        if isinstance(obj, type):
-            try:
-                for cls in obj.__mro__:
-                    own = inspect.get_annotations(cls)
-                    if own and cls.__module__.startswith("memwal") and any(isinstance(a, str) for a in own.values()):
-                        hints = typing.get_type_hints(cls, include_extras=True)
-                        cls.__annotations__ = {k: hints[k] for k in own}
-            except NameError:
-                continue
-        obj.__module__ = __name__
+    if not getattr(obj, "__module__", "").startswith("memwal."):
+        return  # __version__, or a name defined outside memwal
+    if isinstance(obj, type):
+        try:
+            for cls in obj.__mro__:
+                own = inspect.get_annotations(cls)
+                if own and cls.__module__.startswith("memwal") and any(isinstance(a, str) for a in own.values()):
+                    hints = typing.get_type_hints(cls, include_extras=True)
+                    cls.__annotations__ = {k: hints[k] for k in own}
+        except NameError:
+            return
+    obj.__module__ = __name__
 
 
-_show_as_public()
-del _show_as_public
+for _name in __all__:
+    if _name not in _LAZY:
+        _show_as_public(globals()[_name])
+del _name
+
+
+def __getattr__(name: str) -> Any:
+    # Mem0Sink is loaded on first use, so `import memwal` (and memwal-replay) stays quick.
+    if name == "Mem0Sink":
+        from ._sinks.mem0 import Mem0Sink
+
+        _show_as_public(Mem0Sink)
+        globals()["Mem0Sink"] = Mem0Sink
+        return Mem0Sink
+    raise AttributeError(f"module 'memwal' has no attribute {name!r}")

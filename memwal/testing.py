@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from ._core.errors import SinkRejected, SinkUnavailable
 from ._core.records import Memory, MemoryOperation
 from ._sinks.base import DeliveryReport, Sink
-from ._testing.fake_mem0 import FakeMem0
+
+if TYPE_CHECKING:
+    from ._testing.fake_mem0 import FakeMem0
 
 __all__ = ["FakeMem0", "FlakySink", "ManualClock", "MemorySink"]
 
@@ -122,3 +125,13 @@ class FlakySink(MemorySink):
         await super().deliver(good)
         failed = {op.id: self._error(op.id) for op in ops if op.id in self.fail_ids}
         return DeliveryReport(failed=failed) if failed else None
+
+
+def __getattr__(name: str) -> Any:
+    # FakeMem0 is an aiohttp server: import it (and aiohttp) only when it is used.
+    if name == "FakeMem0":
+        from ._testing.fake_mem0 import FakeMem0
+
+        globals()["FakeMem0"] = FakeMem0
+        return FakeMem0
+    raise AttributeError(f"module 'memwal.testing' has no attribute {name!r}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -303,7 +302,7 @@ def _read_file(path: Path) -> Any:
     suffix = path.suffix.lower()
     try:
         if suffix == ".toml":
-            return tomllib.loads(text.decode("utf-8"))
+            return _toml_loads(text.decode("utf-8"))
         if suffix in (".yaml", ".yml"):
             import yaml
 
@@ -389,3 +388,9 @@ def load_config(
         err = translate_error(exc, "")
         var = "MEMWAL_" + err.path.upper().replace(".", "__", 1)
         raise ConfigError(f"{err.reason} (overrides {err.path})", path=var) from exc
+
+
+def _toml_loads(text: str) -> Any:
+    import tomllib  # here, not at import: `import memwal` stays light
+
+    return tomllib.loads(text)

@@ -6,7 +6,6 @@ When to lease and what to ack, retry, dead-letter or release are decided in ``pl
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import math
@@ -14,7 +13,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -32,6 +31,9 @@ from .._policy.throttle import TokenBucket
 from .._sinks.base import DeliveryReport, Sink
 from .._sinks.call import Outcome, call_sink, deliver_isolating, is_unexpected, should_bisect
 from .plan import LeaseView, describe, group_by_category, journal_unusable, plan, plan_with, when_to_lease
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["Consumer"]
 
@@ -171,6 +173,8 @@ class Consumer:
     # -- the loop ----------------------------------------------------------------
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        import asyncio  # here, not at import: `import memwal` stays light
+
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         await anyio.to_thread.run_sync(self.journal.recover)

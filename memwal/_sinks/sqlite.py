@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 
-import aiosqlite
 import anyio
 import msgspec
 
@@ -19,6 +18,9 @@ from .base import Sink
 
 if TYPE_CHECKING:
     from .._core.config import Config
+
+if TYPE_CHECKING:
+    import aiosqlite
 
 __all__ = ["SQLiteSink"]
 
@@ -153,6 +155,8 @@ class SQLiteSink(Sink):
 
     async def _open(self) -> aiosqlite.Connection:
         try:
+            import aiosqlite  # here, not at import: `import memwal` stays light
+
             db = await aiosqlite.connect(self.path, timeout=5.0, isolation_level=None)
             try:
                 await self._setup(db)
