@@ -24,7 +24,7 @@ from ``MemwalError``. Test doubles live in ``memwal.testing``. The command line 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import typing as _typing
 
 from ._collector.async_collector import AsyncMemoryCollector
 from ._collector.sync_collector import MemoryCollector
@@ -51,7 +51,7 @@ from ._sinks.base import DeliveryReport, Sink
 from ._sinks.fallback import FallbackSink
 from ._sinks.sqlite import SQLiteSink
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from ._sinks.mem0 import Mem0Sink
 
 __version__ = "0.1.0"
@@ -94,7 +94,7 @@ __all__ = [
 _LAZY = {"Mem0Sink"}  # needs aiohttp, which takes longer to import than the rest of memwal
 
 
-def _show_as_public(obj: Any) -> None:
+def _show_as_public(obj: _typing.Any) -> None:
     """Make a public class or function name itself ``memwal.X`` (in reprs, tracebacks
     and help), not the private module that defines it.
 
@@ -126,7 +126,7 @@ for _name in __all__:
 del _name
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     # Mem0Sink is loaded on first use, so `import memwal` (and memwal-replay) stays quick.
     if name == "Mem0Sink":
         from ._sinks.mem0 import Mem0Sink
