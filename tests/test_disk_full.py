@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 from helpers import fast_config, wait_for
 
-from memwal import AsyncMemoryCollector, DeliveryReport, JournalError, MemoryOperation, Priority, SinkUnavailable
+from memwal import (
+    AsyncMemoryCollector,
+    DeliveryReport,
+    JournalError,
+    MemoryOperation,
+    Priority,
+    SinkUnavailable,
+)
 from memwal._journal.journal import Journal
 from memwal._journal.rows import Settlement
 from memwal.testing import MemorySink
@@ -154,7 +161,7 @@ async def test_consumer_writes_on_a_full_disk_checkpoint_to_make_room_and_drain(
     async with AsyncMemoryCollector(path, sink, config=fast_config(performance={"max_inflight_batches": 0})) as c:
         ids = [c.collect("bug", f"memory {i} " + uuid.uuid4().hex * 8) for i in range(400)]
         rewrite_pages(c.journal)
-        assert os.path.getsize(f"{path}-wal") > 0
+        assert Path(f"{path}-wal").stat().st_size > 0
         fill_disk(small_disk, "rest")  # never freed
         with pytest.raises(JournalError, match="full"):
             c.collect("bug", "no room")
