@@ -286,6 +286,8 @@ class JournalBase:
         (as ``write_one`` does), so dead letters, held rows and retention drain too."""
         with self._clock_c, self._wlock:
             c = self._conn(self._w)
+            if self.disk_full:  # as in write_one: make room before taking any
+                self._reclaim(self._conn(self._c))
             try:
                 result = self._txn(c, fn, removes)
             except sqlite3.Error as exc:
@@ -321,6 +323,10 @@ class JournalBase:
         """
         with self._clock_c, self._wlock:
             w = self._conn(self._w)
+            if self.disk_full:
+                # The last write found no room: checkpoint first, before this write's
+                # frames take the space just freed and leave none for the checkpoint.
+                self._reclaim(self._conn(self._c))
             try:
                 n = self._run_one(w, sql, params, removes)
             except sqlite3.Error as exc:
@@ -391,8 +397,8 @@ class JournalBase:
         may call it: the statement runs whole, no lock is held across an await, and
         a busy journal sends the caller to ``write_one`` on a worker thread.
         """
-        if not self._wlock.acquire(blocking=False):
-            return None
+        if self.disk_full or not self._wlock.acquire(blocking=False):
+            return None  # a full disk: write_one checkpoints before writing
         try:
             w = self._conn(self._w)
             try:
