@@ -222,3 +222,28 @@ async def test_a_settlement_that_finds_no_room_waits_in_memory_and_commits_once_
         assert not c.health().disk_full
     if not fail:
         assert max(sink.deliveries.values()) == 1  # the acks waited in memory, no redelivery
+
+
+def test_a_journal_drains_with_free_space_a_fifth_of_its_wal(small_disk: Path) -> None:
+    """Draining needs room for the checkpoint (about the main file the rows make, 0.11
+    of a WAL of appends; see benchmarks/README.md, bench_disk_full.py): once a write
+    found the disk full, the consumer's next write checkpoints before taking the space
+    freed. Writing first needed a third of the WAL free, which a fifth is short of."""
+    j = Journal(small_disk / "agent.journal")
+    j.open()
+    try:
+        for i in range(300):
+            j.append("bug", f"memory {i} " + uuid.uuid4().hex * 8, {}, Priority.MEDIUM, (), None)
+        wal = Path(f"{j.path}-wal").stat().st_size
+        ballast = fill_disk(small_disk)
+        with pytest.raises(JournalError, match="full"):
+            j.append("bug", "no room", {}, Priority.MEDIUM, (), None)
+        assert j.disk_full
+        os.truncate(ballast, ballast.stat().st_size - wal // 5)
+        for _ in range(300 // 64 + 1):
+            leased, _ = j.lease(64)
+            j.settle(Settlement(acked=[g.key for g in leased]))
+        assert j.counts().pending + j.counts().leased == 0
+        assert not j.disk_full
+    finally:
+        j.close()
