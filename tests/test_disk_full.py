@@ -1,6 +1,11 @@
 """A full disk (issue 16.5), on a real small tmpfs: collecting fails with JournalError
 and every id returned survives; once space is freed, delivery resumes and empties the
-journal with no operator action; opening a journal on a full disk says "disk is full"."""
+journal with no operator action; opening a journal on a full disk says "disk is full".
+A consumer write that finds no room checkpoints and truncates the WAL and retries; a
+settlement that still cannot commit waits in memory (its rows stay leased by us) and
+commits once space returns; health says "disk full" meanwhile. Draining needs free space
+about the size of the main file the rows make (0.11 of a WAL of appends: the table in
+benchmarks/README.md, bench_disk_full.py)."""
 
 from __future__ import annotations
 
