@@ -46,6 +46,24 @@ DECODE_SLICE = 64  # rows decoded on the loop between checkpoints
 LOOP_READ_BYTES = 1 << 20
 
 
+class Unsettled:
+    """A batch whose settlement failed to commit, and how many of its statements did."""
+
+    __slots__ = ("leased", "progress", "settlement")
+
+    def __init__(self, leased: list[LeasedOp], settlement: Settlement, progress: list[int]) -> None:
+        self.leased = leased
+        self.settlement = settlement
+        self.progress = progress
+
+
+def _ids(leased: Sequence[LeasedOp]) -> str:
+    """The operation ids of ``leased`` for a log line (the first 20, then how many more)."""
+    ids = [g.op.id for g in leased[:20]]
+    more = len(leased) - len(ids)
+    return ", ".join(ids) + (f" and {more} more" if more else "")
+
+
 class Consumer:
     """One per collector: leases ready rows and delivers them to the sink."""
 
@@ -93,6 +111,10 @@ class Consumer:
         self._thread = 0
         self._unexpected: set[type[BaseException]] = set()
         self._fsyncs = journal.config.durability == "full"
+        # Settlements that failed to commit (a full disk): their outcomes, acks and
+        # retry bookkeeping alike, wait here and are committed before the next lease,
+        # so no row stays leased by this live process and no outcome is lost.
+        self._unsettled: list[Unsettled] = []
 
     @staticmethod
     def _make_batcher(config: Config) -> AdaptiveBatcher | None:
@@ -194,6 +216,10 @@ class Consumer:
                 # makes durable then must find the sink's copies durable already.
                 if self.config.journal.durability == "normal" and await self._sync_sink() is not None:
                     log.error("%s could not sync at shutdown: a power cut now could lose what it stored", self.sink.name)
+                if self._unsettled and not await self._settle_unsettled():
+                    for u in self._unsettled:  # released below if the journal takes that write
+                        log.error("shutdown: cannot settle %d operations; they will be delivered again: %s",
+                                  len(u.leased), _ids(u.leased))
                 released = await anyio.to_thread.run_sync(self.journal.release_mine)
                 if released:
                     log.info("released %d leased operations at shutdown; they stay in the journal", released)
@@ -242,6 +268,9 @@ class Consumer:
     async def _lease_loop(self, tg: anyio.abc.TaskGroup) -> None:
         poll = self.config.journal.poll_interval
         while not self._stopping:
+            if self._unsettled and self.fatal is None and not await self._settle_unsettled():
+                await self._nap(max(poll, 1.0))  # still no room: the rows stay leased by us
+                continue
             ac = self.config.async_collection
             step, seconds = when_to_lease(LeaseView(
                 fatal=self.fatal is not None, inflight=self._inflight, max_inflight=self.max_inflight,
@@ -379,17 +408,25 @@ class Consumer:
             )
             merged = await self._durable_first(leased, merged)
             self.settling += 1
+            progress = [0]
             try:
                 with anyio.CancelScope(shield=True):
-                    await self._settle(merged)
+                    await self._settle(merged, progress)
                 self.counters.settled(leased, merged, self.journal.clock())
                 self._unready += len(merged.retry)  # back in the journal, backing off
             except Exception as exc:
-                # The rows stay leased until their lease expires, then are delivered
-                # again: at-least-once, and sinks are idempotent on the id.
                 self.counters.fault("settle", exc)
-                log.error("cannot settle %d operations (%r); they will be redelivered", len(leased), exc,
-                          exc_info=None if isinstance(exc, JournalError) else exc)
+                if isinstance(exc, JournalError) and journal_unusable(exc) is None:
+                    # A full disk, a lock: keep the outcomes and commit them before the
+                    # next lease (``_settle_unsettled``); the rows stay leased meanwhile.
+                    self._unsettled.append(Unsettled(leased, merged, progress))
+                    log.warning("cannot settle %d operations yet (%s); settling again before the next lease: %s",
+                                len(leased), exc, _ids(leased))
+                else:
+                    # The rows stay leased until their lease expires, then are delivered
+                    # again: at-least-once, and sinks are idempotent on the id.
+                    log.error("cannot settle %d operations (%r); they will be redelivered: %s", len(leased), exc,
+                              _ids(leased), exc_info=None if isinstance(exc, JournalError) else exc)
             finally:
                 self.settling -= 1
         finally:
@@ -442,13 +479,33 @@ class Consumer:
                 claimed.update(await anyio.to_thread.run_sync(self.journal.claimed_keys, "ops", params))
         return [g for g in good if g.key in claimed], [(op_id, reason) for _, op_id, reason in bad]
 
-    async def _settle(self, s: Settlement) -> None:
+    async def _settle(self, s: Settlement, progress: list[int] | None = None) -> None:
+        """Commit ``s``; ``progress[0]`` counts its statements committed (a retry skips them)."""
         statements = self.journal.settle_statements(s)
         if statements is None:  # dead letters, held rows or retention: one transaction
             await anyio.to_thread.run_sync(self.journal.settle, s)
             return
-        for sql, params, removed in statements:
+        done = progress if progress is not None else [0]
+        for sql, params, removed in statements[done[0]:]:
             await self._write(sql, params, removes=removed)
+            done[0] += 1
+
+    async def _settle_unsettled(self) -> bool:
+        """Commit the settlements that failed before (oldest first); False if one still fails."""
+        while self._unsettled:
+            u = self._unsettled[0]
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._settle(u.settlement, u.progress)
+            except Exception as exc:  # noqa: BLE001  (still no room: tried again after a nap)
+                log.debug("still cannot settle %d operations: %r", len(u.leased), exc)
+                return False
+            self._unsettled.pop(0)
+            self.counters.settled(u.leased, u.settlement, self.journal.clock())
+            self._unready += len(u.settlement.retry)
+            log.warning("settled %d operations whose settlement had failed: %s", len(u.leased), _ids(u.leased))
+            self._signal_progress()
+        return True
 
     async def _deliver_group(self, group: list[LeasedOp], parts: list[Settlement]) -> None:
         """Deliver one category's batch, isolating poison operations, and plan each part."""

@@ -95,6 +95,7 @@ class Appender(JournalBase):
                 if collisions == 8:
                     raise JournalError("cannot append: key collisions persisted", path=str(self.path)) from None
             except sqlite3.Error as exc:
+                self.note_failure(exc)  # a full disk: health says so until a write commits
                 raise JournalError(f"cannot append: {exc}", path=str(self.path)) from exc
 
     def _append_exact(

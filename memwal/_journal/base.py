@@ -85,6 +85,9 @@ class JournalBase:
         self.commits = 0
         self.large_appended = False  # a payload over LARGE_ROW was appended since the consumer last looked
         self._checkpointed_at = 0
+        # ``commits`` when a write last failed for lack of space: the disk is full while
+        # no commit has succeeded since (see ``disk_full``), at no cost to the hot path.
+        self.full_at: int | None = None
         # Group commit (durability full): the writer commits with synchronous=NORMAL
         # and callers wait in sync_upto, where one fdatasync of the WAL covers every
         # commit made before it began (see sync_upto).
@@ -179,6 +182,17 @@ class JournalBase:
     def is_open(self) -> bool:
         return self._w is not None and not self._closed
 
+    @property
+    def disk_full(self) -> bool:
+        """True while this process's last write failed for lack of space and none has
+        committed since (health reports it as a reason)."""
+        return self.full_at is not None and self.full_at == self.commits
+
+    def note_failure(self, exc: sqlite3.Error) -> None:
+        """Remember a write that failed for lack of space (for ``disk_full``)."""
+        if is_full(exc):
+            self.full_at = self.commits
+
     def _close_conns(self) -> None:
         for conn in (self._w, self._c, self._r, self._fc):
             if conn is not None:
@@ -268,26 +282,39 @@ class JournalBase:
             self.synced = max(self.synced, target)
 
     def transaction(self, fn: Callable[[sqlite3.Connection], Any], removes: Sequence[int] = ()) -> Any:
-        """``fn`` in one write transaction; ``removes``: the keys it takes out of ``ops``."""
+        """``fn`` in one write transaction; ``removes``: the keys it takes out of ``ops``.
+
+        On a full disk it checkpoints and truncates the WAL, then runs ``fn`` once more
+        (as ``write_one`` does), so dead letters, held rows and retention drain too."""
         with self._clock_c, self._wlock:
             c = self._conn(self._w)
+            if self.disk_full:  # as in write_one: make room before taking any
+                self._reclaim(self._conn(self._c))
             try:
-                c.execute("BEGIN IMMEDIATE")
+                result = self._txn(c, fn, removes)
             except sqlite3.Error as exc:
-                raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
-            try:
-                result = fn(c)
-                c.execute("COMMIT")
-                self.commits += 1
-                self._removed(removes)
-                ticket = self.commits
-            except sqlite3.Error as exc:
-                rollback(c)
-                raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
-            except BaseException:
-                rollback(c)
-                raise
+                self.note_failure(exc)
+                if not (is_full(exc) and self._reclaim(self._conn(self._c))):
+                    raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
+                try:  # once more, into the WAL the checkpoint just emptied
+                    result = self._txn(c, fn, removes)
+                except sqlite3.Error as again:
+                    self.note_failure(again)
+                    raise JournalError(f"cannot write: {again}", path=str(self.path)) from again
+            ticket = self.commits
         self.sync_upto(ticket)
+        return result
+
+    def _txn(self, c: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any], removes: Sequence[int]) -> Any:
+        c.execute("BEGIN IMMEDIATE")  # the caller holds _wlock
+        try:
+            result = fn(c)
+            c.execute("COMMIT")
+        except BaseException:
+            rollback(c)
+            raise
+        self.commits += 1
+        self._removed(removes)
         return result
 
     def write_one(self, sql: str, params: Any, *, removes: Sequence[int] = ()) -> int:
@@ -298,14 +325,20 @@ class JournalBase:
         """
         with self._clock_c, self._wlock:
             w = self._conn(self._w)
+            if self.disk_full:
+                # The last write found no room: checkpoint first, before this write's
+                # frames take the space just freed and leave none for the checkpoint.
+                self._reclaim(self._conn(self._c))
             try:
                 n = self._run_one(w, sql, params, removes)
             except sqlite3.Error as exc:
+                self.note_failure(exc)
                 if not (is_full(exc) and self._reclaim(self._conn(self._c))):
                     raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
                 try:  # once more, into the WAL the checkpoint just emptied
                     n = self._run_one(w, sql, params, removes)
                 except sqlite3.Error as again:
+                    self.note_failure(again)
                     raise JournalError(f"cannot write: {again}", path=str(self.path)) from again
             ticket = self.commits
         self.sync_upto(ticket)
@@ -366,8 +399,8 @@ class JournalBase:
         may call it: the statement runs whole, no lock is held across an await, and
         a busy journal sends the caller to ``write_one`` on a worker thread.
         """
-        if not self._wlock.acquire(blocking=False):
-            return None
+        if self.disk_full or not self._wlock.acquire(blocking=False):
+            return None  # a full disk: write_one checkpoints before writing
         try:
             w = self._conn(self._w)
             try:
@@ -378,7 +411,9 @@ class JournalBase:
                 finally:
                     w.execute(f"PRAGMA busy_timeout={int(self.config.busy_timeout * 1000)}")
             except sqlite3.OperationalError as exc:
-                if "locked" in str(exc) or "busy" in str(exc):
+                # A full disk too: write_one, on a worker thread, makes room and retries.
+                if "locked" in str(exc) or "busy" in str(exc) or is_full(exc):
+                    self.note_failure(exc)
                     return None
                 raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
             except sqlite3.Error as exc:

@@ -114,6 +114,8 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     #: Failed batches split in halves to isolate the operations at fault.
     bisections: int = 0
     sink_concurrency: dict[str, dict[str, float]] = {}  # see CollectorStats.sink_concurrency
+    #: The journal's last write failed for lack of disk space and none has committed since.
+    disk_full: bool = False
 
 
 class Alert(msgspec.Struct, frozen=True, kw_only=True):
@@ -134,7 +136,8 @@ AlertCallback = Callable[[Alert], Awaitable[None] | None]
 def evaluate(h: Health, config: Config, *, dead_in_window: int) -> tuple[Status, tuple[str, ...]]:
     """The status and its reasons from a snapshot and the thresholds (no I/O).
 
-    Failing: the journal is full, or every sink's breaker is open. Degraded: the oldest
+    Failing: the disk is full (writes fail for lack of space), the journal is full, or
+    every sink's breaker is open. Degraded: the oldest
     pending operation is older than ``max_pending_age``, the depth is above
     ``max_depth_ratio`` of ``max_queue_size``, a sink's error rate is above
     ``max_failure_rate``, some breaker is open, or dead letters appeared in the window.
@@ -142,6 +145,8 @@ def evaluate(h: Health, config: Config, *, dead_in_window: int) -> tuple[Status,
     hc = config.health
     failing: list[str] = []
     degraded: list[str] = []
+    if h.disk_full:
+        failing.append("disk full: the journal cannot write until space is freed")
     depth = h.depth.get("pending", 0) + h.depth.get("leased", 0)
     if depth >= h.max_queue_size:
         failing.append(f"journal full: {depth} of {h.max_queue_size} operations undelivered")
@@ -394,6 +399,7 @@ class HealthMonitor:
             sinks=sinks, cache_hit_rate=None if cache is None else cache.hit_rate,
             journal_bytes=view.journal_bytes, wal_bytes=view.wal_bytes, memory_bytes=memory_bytes(),
             journal_age=age, faults=dict(c.faults), bisections=c.bisections, sink_concurrency=inp.sink_concurrency(),
+            disk_full=inp.journal.disk_full,
         )
         dead_in_window = int(delta["dead"])
         status, reasons = evaluate(health, config, dead_in_window=dead_in_window)
