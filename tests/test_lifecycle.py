@@ -4,6 +4,7 @@ run() as an anyio service, clear limits, and the names both collectors share."""
 from __future__ import annotations
 
 import inspect
+import sqlite3
 import threading
 import uuid
 from collections.abc import Sequence
@@ -464,3 +465,51 @@ async def test_flush_counts_dead_letters(journal_path: Path) -> None:
             sink.gate.set()
         assert result == [3] and c.stats().dead == 3
         assert all(c.journal.dead_reason(i) is not None for i in ids)
+
+
+# -- closing a collector its journal stopped ---------------------------------------------
+
+
+def not_a_database(tmp_path: Path) -> sqlite3.DatabaseError:
+    """A real SQLite error for a damaged file ("file is not a database")."""
+    path = tmp_path / "not-a-journal"
+    path.write_bytes(b"garbage" * 1000)
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("SELECT * FROM sqlite_master").fetchall()
+    except sqlite3.DatabaseError as exc:
+        return exc
+    finally:
+        conn.close()
+    raise AssertionError("sqlite read the garbage")
+
+
+async def test_aclose_of_a_collector_its_journal_stopped_skips_the_flush(
+    journal_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    damage = not_a_database(tmp_path)
+    sink = DownSink()
+    c = AsyncMemoryCollector(journal_path, sink, config=cfg())
+    await c.start()
+    consumer = c._consumer
+    assert consumer is not None
+    leases = [0]
+
+    async def broken_lease(n: int) -> Any:
+        leases[0] += 1
+        raise JournalError(f"cannot read: {damage}", path=str(journal_path)) from damage
+
+    monkeypatch.setattr(consumer, "_lease", broken_lease)
+    kept = c.collect("qa", "collected before the journal broke")
+    with anyio.fail_after(20):
+        while consumer.fatal is None:
+            await anyio.sleep(0.005)
+    with pytest.raises(JournalError, match="collector is stopped, journal unusable"):
+        c.collect("qa", "after")
+    before = leases[0]
+    with anyio.fail_after(20):  # far below shutdown_timeout (120 s); and no error
+        await c.aclose()
+    assert leases[0] == before and sink.calls == 0  # no flush was tried
+    assert sink.closed == 1 and not c.journal.is_open and "closed" in repr(c)
+    await c.aclose()  # a second close is a no-op
+    assert undelivered(journal_path, [kept]) == {kept}

@@ -296,8 +296,11 @@ class AsyncMemoryCollector(CollectHelpers[Awaitable[str]]):
                     started = True
                     task_status.started()
                     await self._stop_requested.wait()
-                    self._state = "closing"
-                    await self._drain()
+                    if self._state.startswith("stopped"):
+                        log.warning("closing %s without a flush: %s", self.journal.path, self._state)
+                    else:  # an unusable journal has nothing to drain: close at once
+                        self._state = "closing"
+                        await self._drain()
                     tg.cancel_scope.cancel()
             if not started:  # a cancelled aclose() ended the start: the collector is closed, not broken
                 task_status.started()
