@@ -513,3 +513,42 @@ async def test_aclose_of_a_collector_its_journal_stopped_skips_the_flush(
     assert sink.closed == 1 and not c.journal.is_open and "closed" in repr(c)
     await c.aclose()  # a second close is a no-op
     assert undelivered(journal_path, [kept]) == {kept}
+
+
+class FailsThenHangs(MemorySink):
+    """Its first call fails (the sink is down); every later call hangs until cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.hanging = anyio.Event()
+        self.cancelled = 0
+
+    async def deliver(self, ops: Sequence[Any]) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise SinkUnavailable("connection refused")
+        self.hanging.set()
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            self.cancelled += 1
+            raise
+
+
+async def test_close_does_not_wait_for_a_delivery_to_a_sink_that_is_down(journal_path: Path) -> None:
+    sink = FailsThenHangs()
+    config = cfg(
+        async_collection={"retry_delay": 0.01, "max_retry_delay": 0.01},
+        circuit_breaker={"failure_threshold": 10_000},  # the breaker stays closed: the last failure says "down"
+        performance={"operation_timeout": 60.0},  # no call timeout ends the hung delivery within the deadline
+    )
+    c = AsyncMemoryCollector(journal_path, sink, config=config)
+    await c.start()
+    op_id = c.collect("qa", "retried into a sink that hangs")
+    with anyio.fail_after(20):
+        await sink.hanging.wait()  # the retry is in flight when the close begins
+    with anyio.fail_after(20):  # far below shutdown_timeout (120 s)
+        await c.aclose()
+    assert sink.calls == 2 and sink.cancelled == 1  # no call during the close; the hung one was cancelled
+    assert undelivered(journal_path, [op_id]) == {op_id} and leased(journal_path) == 0

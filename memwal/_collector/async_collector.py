@@ -341,7 +341,16 @@ class AsyncMemoryCollector(CollectHelpers[Awaitable[str]]):
         deadline = anyio.current_time() + timeout
         with anyio.move_on_after(timeout):
             await self._deliver_while_possible()
-        await self._consumer.stop(max(0.0, deadline - anyio.current_time()))
+        # A delivery in flight to a sink that is down (its breaker open, or its last
+        # call failed) is not waited for: cancelled now, its rows are released and
+        # stay in the journal, as at the shutdown timeout.
+        left = 0.0 if self._cannot_deliver() else max(0.0, deadline - anyio.current_time())
+        await self._consumer.stop(left)
+
+    def _cannot_deliver(self) -> bool:
+        """The sink cannot take a delivery now: a breaker is open or the sink's last call failed."""
+        assert self._consumer is not None
+        return self._consumer.breaker_wait() > 0 or self._sink_failing()
 
     async def _deliver_while_possible(self) -> None:
         """Lease and deliver until nothing more can be delivered now.
@@ -358,9 +367,9 @@ class AsyncMemoryCollector(CollectHelpers[Awaitable[str]]):
         while True:
             if self.counters.retried + self.counters.released != failed_before:
                 return
-            if consumer.max_inflight == 0 or consumer._breaker_wait() > 0 or self._sink_failing():
+            if consumer.max_inflight == 0 or self._cannot_deliver():
                 return
-            if not consumer._inflight and not await anyio.to_thread.run_sync(self._any_ready):
+            if not consumer.inflight and not await anyio.to_thread.run_sync(self._any_ready):
                 return
             consumer.wake(urgent=True)
             await consumer.wait_progress(self.config.journal.poll_interval * 4)

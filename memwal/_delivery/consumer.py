@@ -322,6 +322,15 @@ class Consumer:
     def _breaker_wait(self) -> float:
         return retry_in(self.breakers())
 
+    def breaker_wait(self) -> float:
+        """Seconds until a breaker lets a delivery through (0: deliveries may go now)."""
+        return self._breaker_wait()
+
+    @property
+    def inflight(self) -> int:
+        """Batches being delivered now."""
+        return self._inflight
+
     async def _lease_loop(self, tg: anyio.abc.TaskGroup) -> None:
         poll = self.config.journal.poll_interval
         while not self._stopping:
