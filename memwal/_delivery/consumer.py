@@ -291,7 +291,8 @@ class Consumer:
         with anyio.move_on_after(timeout):
             await self._idle.wait()
         if not self._idle.is_set() and self.task_group is not None:
-            log.warning("shutdown timeout: cancelling in-flight deliveries; their rows stay in the journal")
+            why = "the sink is down" if timeout <= 0 else "shutdown timeout"
+            log.warning("%s: cancelling in-flight deliveries; their rows stay in the journal", why)
             self.task_group.cancel_scope.cancel()
             await self._idle.wait()
 
