@@ -11,7 +11,7 @@ from .._core.records import (
     MemoryOperation,
     id_to_seq,
 )
-from .base import JournalBase
+from .base import JournalBase, inherited
 from .rows import (
     JournalCounts,
     RemovalWatch,
@@ -37,6 +37,13 @@ class Reads(JournalBase):
             c.close()
         else:
             self._snapshot_pool.append(c)
+
+    def forget_after_fork(self) -> None:
+        """As JournalBase's; the parent's idle snapshot connections are dropped unused too."""
+        super().forget_after_fork()
+        pool, self._snapshot_pool = self._snapshot_pool, []
+        if pool:
+            inherited.append(tuple(pool))  # never closed nor collected here (see base.inherited)
 
     def _close_conns(self) -> None:
         super()._close_conns()
