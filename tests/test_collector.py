@@ -292,27 +292,37 @@ async def test_max_inflight_batches_0_on_a_live_collector_stops_leasing(journal_
 
 @pytest.mark.parametrize("outcome", ["delivered", "dead-lettered"])
 async def test_a_batch_settled_while_a_flush_counts_is_still_counted(journal_path: Path, outcome: str) -> None:
-    # The flush counts the journal on a worker thread. A batch this collector settles
-    # before that count reads the journal must still be counted: flush_queue once
-    # reported 0 for an operation it had waited for (1 run in 5 of a test below).
+    # The flush counts the journal on a worker thread, in the snapshot it took at the
+    # call. A batch this collector settles before that count reads the journal must
+    # still be counted: flush_queue once reported 0 for an operation it had waited
+    # for (1 run in 5 of a test below).
     sink = GateSink()
     sink.reject = outcome == "dead-lettered"
     async with AsyncMemoryCollector(journal_path, sink, config=cfg()) as c:
         op_id = await c.collect_async("qa", "in flight while the flush counts")
         await sink.entered.wait()
-        count = c.journal.remaining_upto
+        take = c.journal.own_snapshot
         portal_token = anyio.lowlevel.current_token()
 
-        def count_after_the_batch_settled(seq: int, watch: Any) -> int:
-            c.journal.remaining_upto = count  # type: ignore[method-assign]  # once
-            anyio.from_thread.run_sync(sink.gate.set, token=portal_token)  # the delivery ends...
-            deadline = time.monotonic() + 10
-            while c.journal.find(op_id) is not None:  # ...and the row leaves the journal
-                assert time.monotonic() < deadline, "the batch never settled"
-                threading.Event().wait(0.005)
-            return count(seq, watch)
+        class SettleBeforeCounting:
+            """The flush's snapshot, whose count (on a worker thread) runs after the batch settled."""
 
-        c.journal.remaining_upto = count_after_the_batch_settled  # type: ignore[method-assign]
+            def __init__(self) -> None:
+                self.snap = take()
+                self.mark = self.snap.mark
+
+            def count(self) -> int:
+                anyio.from_thread.run_sync(sink.gate.set, token=portal_token)  # the delivery ends...
+                deadline = time.monotonic() + 10
+                while c.journal.find(op_id) is not None:  # ...and the row leaves the journal
+                    assert time.monotonic() < deadline, "the batch never settled"
+                    threading.Event().wait(0.005)
+                return self.snap.count()
+
+            def close(self) -> None:
+                self.snap.close()
+
+        c.journal.own_snapshot = SettleBeforeCounting  # type: ignore[method-assign,assignment]
         assert await c.flush_queue(timeout=30) == 1
         s = c.stats()
         assert (s.delivered, s.dead) == ((1, 0) if outcome == "delivered" else (0, 1))

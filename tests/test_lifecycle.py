@@ -4,6 +4,8 @@ run() as an anyio service, clear limits, and the names both collectors share."""
 from __future__ import annotations
 
 import inspect
+import sqlite3
+import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -297,10 +299,31 @@ async def test_collect_helpers_keep_their_call_shapes(journal_path: Path) -> Non
     assert memwal.MemoryCollector.collect_bug is memwal.AsyncMemoryCollector.collect_bug  # written once
 
 
-def test_sync_flush_queue_is_flush(journal_path: Path) -> None:
-    sink = MemorySink()
+class ThreadGateSink(MemorySink):
+    """Holds every delivery until the threading.Event ``gate`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    async def deliver(self, ops: Sequence[Any]) -> None:
+        await anyio.to_thread.run_sync(self.gate.wait)
+        await super().deliver(ops)
+
+
+def test_sync_flush_queue_is_flush(journal_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sink = ThreadGateSink()
     with MemoryCollector(journal_path, sink, config=cfg()) as c:
         ids = [c.collect_feedback(f"fb {i}") for i in range(3)]
+        journal = c._async.journal
+        take = journal.own_snapshot
+
+        def snapshot_then_open() -> Any:  # nothing can be delivered before the flush's snapshot
+            snap = take()
+            sink.gate.set()
+            return snap
+
+        monkeypatch.setattr(journal, "own_snapshot", snapshot_then_open)
         assert c.flush_queue(timeout=10) == 3
     assert set(sink.memories) == set(ids)
 
@@ -380,3 +403,152 @@ def test_start_collect_and_closes_from_many_tasks_lose_nothing_and_never_hang(
     left = undelivered(journal, ids) if journal.exists() else set()
     assert set(ids) <= delivered | left  # every returned id: delivered or in the journal
     assert not journal.exists() or leased(journal) == 0
+
+
+# -- what flush_queue counts ---------------------------------------------------------
+
+
+async def test_flush_counts_own_operations_another_collector_delivers(journal_path: Path) -> None:
+    """Two collectors on one journal: B never delivers (max_inflight_batches 0), A
+    delivers for both. Each flush counts exactly its own undelivered operations,
+    whoever delivers them, and waits for everyone's."""
+    gate = GateSink()
+    other = MemorySink()
+    a = AsyncMemoryCollector(journal_path, gate, config=cfg())
+    b = AsyncMemoryCollector(journal_path, other, config=cfg(performance={"max_inflight_batches": 0}))
+    async with a, b:
+        mine_b = [b.collect("qa", f"b {i}") for i in range(100)]
+        mine_a = [a.collect("qa", f"a {i}") for i in range(5)]
+        counts: dict[str, int] = {}
+
+        async def flush(name: str, c: AsyncMemoryCollector) -> None:
+            counts[name] = await c.flush_queue(timeout=20)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(flush, "b", b)
+            tg.start_soon(flush, "a", a)
+            with anyio.fail_after(20):
+                await gate.entered.wait()  # A's first delivery is held: nothing was delivered before the flushes
+            await wait_all_tasks_blocked()
+            gate.gate.set()
+        assert counts == {"b": 100, "a": 5}
+        assert set(gate.memories) == set(mine_a) | set(mine_b) and other.memories == {}
+        assert await b.flush_queue(timeout=20) == 0  # nothing of B's is left undelivered
+        b.collect("qa", "late")
+        assert await a.flush_queue(timeout=20) == 0  # waited for B's row, which is not A's
+        assert await b.flush_queue(timeout=20) == 0  # already delivered by A before this call
+
+
+class RejectAfterGate(GateSink):
+    """Holds every delivery until ``gate`` is set, then rejects it for good."""
+
+    async def deliver(self, ops: Sequence[Any]) -> None:
+        self.entered.set()
+        await self.gate.wait()
+        raise memwal.SinkRejected("refused")
+
+
+async def test_flush_counts_dead_letters(journal_path: Path) -> None:
+    sink = RejectAfterGate()
+    async with AsyncMemoryCollector(journal_path, sink, config=cfg()) as c:
+        ids = [c.collect("qa", f"bad {i}") for i in range(3)]
+        async with anyio.create_task_group() as tg:
+            result: list[int] = []
+
+            async def flush() -> None:
+                result.append(await c.flush_queue(timeout=20))
+
+            tg.start_soon(flush)
+            with anyio.fail_after(20):
+                await sink.entered.wait()
+            await wait_all_tasks_blocked()
+            sink.gate.set()
+        assert result == [3] and c.stats().dead == 3
+        assert all(c.journal.dead_reason(i) is not None for i in ids)
+
+
+# -- closing a collector its journal stopped ---------------------------------------------
+
+
+def not_a_database(tmp_path: Path) -> sqlite3.DatabaseError:
+    """A real SQLite error for a damaged file ("file is not a database")."""
+    path = tmp_path / "not-a-journal"
+    path.write_bytes(b"garbage" * 1000)
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("SELECT * FROM sqlite_master").fetchall()
+    except sqlite3.DatabaseError as exc:
+        return exc
+    finally:
+        conn.close()
+    raise AssertionError("sqlite read the garbage")
+
+
+async def test_aclose_of_a_collector_its_journal_stopped_skips_the_flush(
+    journal_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    damage = not_a_database(tmp_path)
+    sink = DownSink()
+    c = AsyncMemoryCollector(journal_path, sink, config=cfg())
+    await c.start()
+    consumer = c._consumer
+    assert consumer is not None
+    leases = [0]
+
+    async def broken_lease(n: int) -> Any:
+        leases[0] += 1
+        raise JournalError(f"cannot read: {damage}", path=str(journal_path)) from damage
+
+    monkeypatch.setattr(consumer, "_lease", broken_lease)
+    kept = c.collect("qa", "collected before the journal broke")
+    with anyio.fail_after(20):
+        while consumer.fatal is None:
+            await anyio.sleep(0.005)
+    with pytest.raises(JournalError, match="collector is stopped, journal unusable"):
+        c.collect("qa", "after")
+    before = leases[0]
+    with anyio.fail_after(20):  # far below shutdown_timeout (120 s); and no error
+        await c.aclose()
+    assert leases[0] == before and sink.calls == 0  # no flush was tried
+    assert sink.closed == 1 and not c.journal.is_open and "closed" in repr(c)
+    await c.aclose()  # a second close is a no-op
+    assert undelivered(journal_path, [kept]) == {kept}
+
+
+class FailsThenHangs(MemorySink):
+    """Its first call fails (the sink is down); every later call hangs until cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.hanging = anyio.Event()
+        self.cancelled = 0
+
+    async def deliver(self, ops: Sequence[Any]) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise SinkUnavailable("connection refused")
+        self.hanging.set()
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            self.cancelled += 1
+            raise
+
+
+async def test_close_does_not_wait_for_a_delivery_to_a_sink_that_is_down(journal_path: Path) -> None:
+    sink = FailsThenHangs()
+    config = cfg(
+        async_collection={"retry_delay": 0.01, "max_retry_delay": 0.01},
+        circuit_breaker={"failure_threshold": 10_000},  # the breaker stays closed: the last failure says "down"
+        performance={"operation_timeout": 60.0},  # no call timeout ends the hung delivery within the deadline
+    )
+    c = AsyncMemoryCollector(journal_path, sink, config=config)
+    await c.start()
+    op_id = c.collect("qa", "retried into a sink that hangs")
+    with anyio.fail_after(20):
+        await sink.hanging.wait()  # the retry is in flight when the close begins
+    with anyio.fail_after(20):  # far below shutdown_timeout (120 s)
+        await c.aclose()
+    assert sink.calls == 2 and sink.cancelled == 1  # no call during the close; the hung one was cancelled
+    assert undelivered(journal_path, [op_id]) == {op_id} and leased(journal_path) == 0

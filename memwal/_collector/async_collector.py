@@ -8,7 +8,7 @@ import os
 import time
 import warnings
 import weakref
-from collections.abc import Awaitable, Coroutine, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -22,6 +22,7 @@ from .._core.errors import JournalError, QueueFull, SinkRejected
 from .._core.records import CategoryRules, Memory, MemoryCategory, Priority, validate
 from .._delivery.consumer import Consumer
 from .._journal.journal import Journal
+from .._journal.reads import OwnSnapshot
 from .._observe.health import AlertCallback, Health, HealthInputs, HealthMonitor
 from .._observe.stats import CollectorStats, Counters, sink_concurrency, snapshot
 from .._policy.adaptive import apply_changes
@@ -47,13 +48,13 @@ FORKED = "inherited through fork(): open a new collector in the child process"
 # How long closing the sink and the journal may take once cancelled (shielded).
 RELEASE_BOUND = 5.0
 
-_live: weakref.WeakSet[AsyncMemoryCollector] = weakref.WeakSet()
+# Each live collector's fork hook (weakly held: a collector gone needs none)
+_fork_hooks: weakref.WeakSet[_ForkHook] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
-    for c in list(_live):
-        if c._state in ("starting", "running", "closing"):
-            c._state = FORKED
+    for hook in list(_fork_hooks):
+        hook()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -69,7 +70,7 @@ def _require_asyncio() -> None:
         ) from None
 
 
-def _warn_unclosed(kind: str, journal: object, when: str) -> None:
+def warn_unclosed(kind: str, journal: object, when: str) -> None:
     """The ResourceWarning for a collector its application never closed."""
     warnings.warn(
         f"{kind} on journal {journal} was never closed; closed {when}"
@@ -77,6 +78,18 @@ def _warn_unclosed(kind: str, journal: object, when: str) -> None:
         ResourceWarning,
         stacklevel=2,
     )
+
+
+class _ForkHook:
+    """A collector's after-fork callback, held weakly by ``_fork_hooks`` and strongly by its collector."""
+
+    __slots__ = ("__weakref__", "call")
+
+    def __init__(self, call: Callable[[], None]) -> None:
+        self.call = call
+
+    def __call__(self) -> None:
+        self.call()
 
 
 class _Ready:
@@ -132,7 +145,8 @@ class AsyncMemoryCollector(CollectHelpers[Awaitable[str]]):
         self._task: asyncio.Task[None] | None = None  # start()'s service task (the loop holds it weakly)
         self._serving = False  # run() has begun
         self._closing = False  # aclose() was called: an end of the service is no surprise
-        _live.add(self)
+        self._fork_hook = _ForkHook(self._after_fork_in_child)
+        _fork_hooks.add(self._fork_hook)
         self.cache = MemoryCache.from_config(self.config.cache, timer=clock) if self.config.cache.enabled else None
         self.monitor = HealthMonitor(HealthInputs(
             journal=self.journal, counters=self.counters, config=lambda: self.config, breakers=self._breakers,
@@ -172,6 +186,11 @@ class AsyncMemoryCollector(CollectHelpers[Awaitable[str]]):
             f"<AsyncMemoryCollector {str(self.journal.path)!r} {self._state}"
             f" collected={c.collected} delivered={c.delivered} dead={c.dead}>"
         )
+
+    def _after_fork_in_child(self) -> None:
+        # A started collector is unusable in a child process after fork().
+        if self._state in ("starting", "running", "closing"):
+            self._state = FORKED
 
     # -- lifecycle ---------------------------------------------------------------
     #
@@ -242,7 +261,7 @@ class AsyncMemoryCollector(CollectHelpers[Awaitable[str]]):
                 # The event loop is shutting down (asyncio.run cancels what is left):
                 # run() has released the leases and closed the journal.
                 if not self._closing:
-                    _warn_unclosed("AsyncMemoryCollector", self.journal.path, "at event loop shutdown")
+                    warn_unclosed("AsyncMemoryCollector", self.journal.path, "at event loop shutdown")
             else:
                 log.error("collector for %s stopped: %r", self.journal.path, exc, exc_info=exc)
 
@@ -277,8 +296,11 @@ class AsyncMemoryCollector(CollectHelpers[Awaitable[str]]):
                     started = True
                     task_status.started()
                     await self._stop_requested.wait()
-                    self._state = "closing"
-                    await self._drain()
+                    if self._state.startswith("stopped"):
+                        log.warning("closing %s without a flush: %s", self.journal.path, self._state)
+                    else:  # an unusable journal has nothing to drain: close at once
+                        self._state = "closing"
+                        await self._drain()
                     tg.cancel_scope.cancel()
             if not started:  # a cancelled aclose() ended the start: the collector is closed, not broken
                 task_status.started()
@@ -319,7 +341,16 @@ class AsyncMemoryCollector(CollectHelpers[Awaitable[str]]):
         deadline = anyio.current_time() + timeout
         with anyio.move_on_after(timeout):
             await self._deliver_while_possible()
-        await self._consumer.stop(max(0.0, deadline - anyio.current_time()))
+        # A delivery in flight to a sink that is down (its breaker open, or its last
+        # call failed) is not waited for: cancelled now, its rows are released and
+        # stay in the journal, as at the shutdown timeout.
+        left = 0.0 if self._cannot_deliver() else max(0.0, deadline - anyio.current_time())
+        await self._consumer.stop(left)
+
+    def _cannot_deliver(self) -> bool:
+        """The sink cannot take a delivery now: a breaker is open or the sink's last call failed."""
+        assert self._consumer is not None
+        return self._consumer.breaker_wait() > 0 or self._sink_failing()
 
     async def _deliver_while_possible(self) -> None:
         """Lease and deliver until nothing more can be delivered now.
@@ -336,9 +367,9 @@ class AsyncMemoryCollector(CollectHelpers[Awaitable[str]]):
         while True:
             if self.counters.retried + self.counters.released != failed_before:
                 return
-            if consumer.max_inflight == 0 or consumer._breaker_wait() > 0 or self._sink_failing():
+            if consumer.max_inflight == 0 or self._cannot_deliver():
                 return
-            if not consumer._inflight and not await anyio.to_thread.run_sync(self._any_ready):
+            if not consumer.inflight and not await anyio.to_thread.run_sync(self._any_ready):
                 return
             consumer.wake(urgent=True)
             await consumer.wait_progress(self.config.journal.poll_interval * 4)
@@ -451,6 +482,35 @@ class AsyncMemoryCollector(CollectHelpers[Awaitable[str]]):
         if self._group:
             self.journal.sync_upto(self.journal.commits)  # joins a group commit, on this thread
         return op_id
+
+    def collect_from_thread(
+        self,
+        call_on_loop: Callable[..., Any],
+        category: Category,
+        content: str,
+        metadata: Meta = None,
+        priority: Prio = None,
+        tags: Sequence[str] = (),
+        project: str | None = None,
+    ) -> str:
+        """``collect`` for a thread other than the event loop's (MemoryCollector's seam).
+
+        Appends on this thread. With ``on_full: block`` and a full journal this thread
+        waits up to ``collect_timeout`` for room, through ``call_on_loop(fn, *args)``
+        (a blocking portal's ``call``); with durability ``full`` it joins a group commit.
+
+        Example:
+            >>> c.collect_from_thread(portal.call, "bug", "parser fails on empty input")
+        """
+        try:
+            op_id = self._append(category, content, metadata, priority, tags, project, self._on_full)
+        except QueueFull:
+            if not self._block:
+                raise
+            op_id = call_on_loop(self._append_blocking, category, content, metadata, priority, tags, project)
+        if self._group:  # durability full: one fdatasync for every thread waiting
+            self.journal.sync_upto(self.journal.commits)
+        return str(op_id)
 
     def collect_async(
         self,
@@ -601,45 +661,63 @@ class AsyncMemoryCollector(CollectHelpers[Awaitable[str]]):
 
     # -- flushing and observing --------------------------------------------------
 
-    async def _flush_all(self) -> int:
+    async def _flush_all(self, snap: OwnSnapshot | None = None) -> int:
         assert self._consumer is not None
-        # Everything collected before now, by any process: ids are time-ordered.
-        mark = max(self.journal.ids.last, (int(time.time() * 1_000_000) << 8) | 0xFF)
-        # Counted on a thread: what this process removes meanwhile is added back.
-        watch = self.journal.watch_removals(mark)
+        # One snapshot, taken now (no scan on the loop), gives both the mark
+        # (everything collected before now, by any process) and how many of this
+        # collector's own operations are undelivered; the count runs on a thread.
+        if snap is None:
+            snap = self.journal.own_snapshot()
         try:
-            total = await anyio.to_thread.run_sync(self.journal.remaining_upto, mark, watch)
+            own = await anyio.to_thread.run_sync(snap.count)
         finally:
-            self.journal.unwatch(watch)
-        remaining = total > 0
+            snap.close()
+        mark = snap.mark
+        remaining = True
         # A settled batch leaves the journal before its counters move: wait for both,
         # so stats() right after a flush counts everything the flush waited for.
         while remaining or self._consumer.settling:
-            self._consumer.wake(urgent=True)
-            await self._consumer.wait_progress(self.config.journal.poll_interval * 4)
             remaining = await anyio.to_thread.run_sync(self.journal.any_upto, mark)
-        return total
+            if remaining or self._consumer.settling:
+                self._consumer.wake(urgent=True)
+                await self._consumer.wait_progress(self.config.journal.poll_interval * 4)
+        return own
 
     async def flush_queue(self, timeout: float | None = None) -> int:
         """Wait until every operation collected before the call is delivered or dead-lettered.
 
-        Returns how many it waited for: the operations collected before the call, by
-        any collector on the journal, that were still in the journal when it began.
-        Each has since been delivered, dead-lettered (counted too: check ``stats().dead``)
-        or stored by a fallback sink. Exact for what this collector settles while the
-        flush counts; operations another collector delivered before the count are not
-        counted, even this collector's own. On timeout raises TimeoutError; nothing is
-        lost (the operations stay in the journal).
+        Waits for the operations of every collector on the journal (any process).
+        Returns how many of this collector's own operations it waited for: those it
+        collected before the call that were still undelivered (pending or leased)
+        when the flush took its snapshot of the journal, at the call. Each has
+        since been delivered, stored by a fallback sink, or dead-lettered: dead
+        letters are counted too (check ``stats().dead``). Own operations count even
+        when another collector or process delivered them; other collectors'
+        operations never count. On timeout raises TimeoutError; nothing is lost
+        (the operations stay in the journal).
 
         Example:
             >>> c.collect("bug", "parser fails on empty input")
             >>> await c.flush_queue(timeout=10)
             1
         """
+        return await self.flush_snapshot(None, timeout)
+
+    async def flush_snapshot(self, snapshot: OwnSnapshot | None, timeout: float | None = None) -> int:
+        """``flush_queue`` from a snapshot taken at the caller's call (MemoryCollector's seam).
+
+        ``snapshot`` comes from ``journal.own_snapshot()`` on the caller's thread (None:
+        take it now); this closes it.
+
+        Example:
+            >>> await c.flush_snapshot(c.journal.own_snapshot(), timeout=10)
+        """
         if self._state != "running":
+            if snapshot is not None:
+                snapshot.close()
             raise JournalError(f"collector is {self._state}", path=str(self.journal.path))
         with anyio.fail_after(timeout):
-            n = await self._flush_all()
+            n = await self._flush_all(snapshot)
             await self.monitor.refresh()  # stats() right after a flush shows the drained journal
             return n
 

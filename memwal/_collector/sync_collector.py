@@ -14,12 +14,12 @@ import anyio
 import anyio.from_thread
 
 from .._core.config import Config
-from .._core.errors import JournalError, QueueFull
+from .._core.errors import JournalError
 from .._core.records import Memory
 from .._observe.health import AlertCallback, Health
 from .._observe.stats import CollectorStats
 from .._sinks.base import Sink
-from .async_collector import FORKED, AsyncMemoryCollector, Category, Meta, Prio, _warn_unclosed
+from .async_collector import FORKED, AsyncMemoryCollector, Category, Meta, Prio, warn_unclosed
 from .vocab import CollectHelpers
 
 __all__ = ["MemoryCollector"]
@@ -63,25 +63,25 @@ class _LoopThread:
         self._thread.join(timeout)
 
 
-# Collectors to close at interpreter exit (removed by close()); strong references: the
-# loop thread keeps each collector alive anyway until it is closed.
-_open: set[MemoryCollector] = set()
+# Collectors to close at interpreter exit (removed by close()), each with its exit and
+# fork hooks; strong references: the loop thread keeps each collector alive anyway
+# until it is closed.
+_open: dict[MemoryCollector, tuple[Callable[[], None], Callable[[], None]]] = {}
 _open_lock = threading.Lock()
 
 
 def _close_at_exit() -> None:
     with _open_lock:
-        left = list(_open)
-    for c in left:
-        _warn_unclosed("MemoryCollector", c._async.journal.path, "at interpreter exit")
-        c._close(timeout=c.config.journal.shutdown_timeout + EXIT_MARGIN)
+        left = list(_open.values())
+    for close_at_exit, _ in left:
+        close_at_exit()
 
 
 def _after_fork_in_child() -> None:
     global _open_lock
     _open_lock = threading.Lock()  # another parent thread may have held it at the fork
-    for c in list(_open):
-        c._forked = True
+    for _, after_fork in list(_open.values()):
+        after_fork()
     _open.clear()
 
 
@@ -117,7 +117,7 @@ class MemoryCollector(CollectHelpers[str]):
             raise
         self._closed = False
         with _open_lock:
-            _open.add(self)
+            _open[self] = (self._close_at_exit, self._after_fork_in_child)
 
     def __repr__(self) -> str:
         return repr(self._async).replace("AsyncMemoryCollector", "MemoryCollector", 1)
@@ -152,16 +152,7 @@ class MemoryCollector(CollectHelpers[str]):
 
         With ``on_full: block`` waits (this thread only) up to ``collect_timeout`` for room.
         """
-        a = self._async
-        try:
-            op_id = a._append(category, content, metadata, priority, tags, project, a._on_full)
-        except QueueFull:
-            if not a._block:
-                raise
-            op_id = self._portal.call(a._append_blocking, category, content, metadata, priority, tags, project)
-        if a._group:  # durability full: join a group commit (one fdatasync for every thread waiting)
-            a.journal.sync_upto(a.journal.commits)
-        return op_id
+        return self._async.collect_from_thread(self._portal.call, category, content, metadata, priority, tags, project)
 
     def _collect_as(self, category: str, content: str, metadata: Meta, priority: Prio, kw: dict[str, Any]) -> str:
         return self.collect(category, content, metadata, priority, **kw)
@@ -207,7 +198,14 @@ class MemoryCollector(CollectHelpers[str]):
         Counts as AsyncMemoryCollector.flush_queue does; TimeoutError after ``timeout``
         seconds (nothing is lost). Example: ``c.flush(timeout=10)``
         """
-        return self._call(self._async.flush_queue, timeout)  # type: ignore[no-any-return]
+        if self._forked or self._closed:
+            return self._call(self._async.flush_queue, timeout)  # type: ignore[no-any-return]  # raises
+        # The snapshot is taken here, at the call, not after the hop to the loop.
+        snapshot = self._async.journal.own_snapshot()
+        try:
+            return self._call(self._async.flush_snapshot, snapshot, timeout)  # type: ignore[no-any-return]
+        finally:
+            snapshot.close()  # a no-op once the flush used it
 
     def flush_queue(self, timeout: float | None = None) -> int:
         """The same as ``flush`` (the name AsyncMemoryCollector uses).
@@ -267,6 +265,14 @@ class MemoryCollector(CollectHelpers[str]):
         """
         self._call(self._async.reset_circuit_breaker)
 
+    def _close_at_exit(self) -> None:
+        # memwal's atexit hook: a bounded flush and a ResourceWarning naming the journal
+        warn_unclosed("MemoryCollector", self._async.journal.path, "at interpreter exit")
+        self._close(timeout=self.config.journal.shutdown_timeout + EXIT_MARGIN)
+
+    def _after_fork_in_child(self) -> None:
+        self._forked = True  # the parent's collector: every later call raises JournalError
+
     def close(self) -> None:
         """Deliver what can be delivered now (up to ``shutdown_timeout``), then close.
 
@@ -284,7 +290,7 @@ class MemoryCollector(CollectHelpers[str]):
             return
         self._closed = True
         with _open_lock:
-            _open.discard(self)
+            _open.pop(self, None)
         if self._forked:
             return  # the parent's loop thread does not exist here
         try:

@@ -207,6 +207,11 @@ class IdGenerator:
         """The newest sequence this generator handed out (0 before the first)."""
         return self._last
 
+    @property
+    def suffix(self) -> str:
+        """The last 15 characters every id of this generator ends with (its 56 random bits)."""
+        return self._tails[0][-15:]
+
 
 _getrandbits = random.getrandbits
 _time_ns = time.time_ns

@@ -234,7 +234,8 @@ class Consumer:
         with anyio.move_on_after(timeout):
             await self._idle.wait()
         if not self._idle.is_set() and self.task_group is not None:
-            log.warning("shutdown timeout: cancelling in-flight deliveries; their rows stay in the journal")
+            why = "the sink is down" if timeout <= 0 else "shutdown timeout"
+            log.warning("%s: cancelling in-flight deliveries; their rows stay in the journal", why)
             self.task_group.cancel_scope.cancel()
             await self._idle.wait()
 
@@ -264,6 +265,15 @@ class Consumer:
 
     def _breaker_wait(self) -> float:
         return retry_in(self.breakers())
+
+    def breaker_wait(self) -> float:
+        """Seconds until a breaker lets a delivery through (0: deliveries may go now)."""
+        return self._breaker_wait()
+
+    @property
+    def inflight(self) -> int:
+        """Batches being delivered now."""
+        return self._inflight
 
     async def _lease_loop(self, tg: anyio.abc.TaskGroup) -> None:
         poll = self.config.journal.poll_interval
