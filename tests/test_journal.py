@@ -399,94 +399,15 @@ class TestFind:
         assert journal.find(op.id) is None
         assert journal.find("not-an-id") is None
 
-    def test_any_upto_and_remaining_upto_see_every_priority(self, journal: Journal) -> None:
+    def test_any_upto_sees_every_priority(self, journal: Journal) -> None:
         low = add(journal, "old low", Priority.LOW)
         mark = journal.ids.last
         add(journal, "newer critical", Priority.CRITICAL)
-        assert journal.remaining_upto(mark) == 1 and journal.any_upto(mark)
+        assert journal.any_upto(mark)
         g = next(g for g in journal.lease(10)[0] if g.op.id == low.id)
         journal.settle(Settlement(acked=[g.key]))
-        assert journal.remaining_upto(mark) == 0 and not journal.any_upto(mark)
+        assert not journal.any_upto(mark)
         assert journal.any_upto(journal.ids.last)  # the critical one is still there
-
-    def test_remaining_upto_adds_back_what_this_journal_removed_since_the_watch(self, journal: Journal) -> None:
-        # flush_queue counts on a worker thread while the consumer settles: a row this
-        # journal removes after the watch began is added back, each path counted once.
-        ops = [add(journal, f"op {i}") for i in range(6)]
-        mark = journal.ids.last
-        later = add(journal, "collected after the mark")
-        gone_before = next(g for g in journal.lease(1)[0])
-        journal.settle(Settlement(acked=[gone_before.key]))  # removed before the watch: not counted
-        watch = journal.watch_removals(mark)
-        leased = {g.op.id: g for g in journal.lease(10)[0]}
-        statements = journal.settle_statements(Settlement(acked=[leased[ops[1].id].key]))
-        assert statements is not None
-        for sql, params, removed in statements:  # the consumer's path: one statement each
-            assert journal.write_now(sql, params, removes=removed) == 1
-        journal.settle(Settlement(dead=[(leased[ops[2].id].key, "rejected")]))  # one transaction
-        journal.settle(Settlement(held=[(leased[ops[3].id].key, "fallback")]))
-        journal.settle(Settlement(acked=[leased[later.id].key]))  # after the mark: not counted
-        assert watch.removed == 3
-        assert journal.remaining_upto(mark) == 2  # ops[4] and ops[5]
-        assert journal.remaining_upto(mark, watch) == 5  # ...plus the three removed meanwhile
-        journal.unwatch(watch)
-        journal.settle(Settlement(acked=[leased[ops[4].id].key]))
-        assert watch.removed == 3  # no longer watched
-
-    def test_a_removal_committed_while_the_count_runs_is_counted_once(self, journal: Journal) -> None:
-        # The snapshot is pinned, and the tally read, under the writer lock: a removal
-        # committed after that (here: as the count statement starts) is in the count.
-        ops = [add(journal, f"op {i}") for i in range(4)]
-        mark = journal.ids.last
-        leased = {g.op.id: g for g in journal.lease(10)[0]}
-        bad = [(leased[ops[2].id].key, ops[2].id, "checksum mismatch")]
-        assert journal.remaining_upto(mark) == 4  # opens the count's connection
-        fired: list[str] = []
-
-        def settle_as_the_count_starts(sql: str) -> None:
-            if "count(*)" in sql and not fired:
-                fired.append(sql)
-                t = threading.Thread(target=lambda: (
-                    journal.write_one(ACK_OPS, (f"[{leased[ops[0].id].key}]",), removes=[leased[ops[0].id].key]),
-                    journal.settle(Settlement(dead=[(leased[ops[1].id].key, "rejected")])),
-                    journal.dead_letter(bad, 0.0),
-                ))
-                t.start()
-                t.join()
-
-        assert journal._fc is not None
-        journal._fc.set_trace_callback(settle_as_the_count_starts)
-        watch = journal.watch_removals(mark)
-        assert journal.remaining_upto(mark, watch) == 4 and fired
-        assert watch.removed == 3 and journal.remaining_upto(mark) == 1  # tallied, but after the snapshot
-        journal._fc.set_trace_callback(None)
-        journal.unwatch(watch)
-
-    def test_an_ack_that_finds_no_row_is_not_counted(self, two_consumers: Any) -> None:
-        # A late ack (our lease expired; the other consumer delivered and acked the row
-        # first) deletes nothing: the flush must not count it.
-        a, b, clock = two_consumers
-        add(a, "x")
-        mine = a.lease(1)[0][0]
-        clock.advance(a.config.lease_seconds + 1)
-        theirs = b.lease(1)[0][0]
-        assert theirs.key == mine.key
-        b.settle(Settlement(acked=[theirs.key]))
-        watch = a.watch_removals(a.ids.last)
-        assert a.write_one(ACK_OPS, (f"[{mine.key}]",), removes=[mine.key]) == 0
-        assert watch.removed == 0 and a.remaining_upto(a.ids.last, watch) == 0
-
-    def test_a_journal_not_open_counts_nothing_and_creates_no_file(self, tmp_path: Path) -> None:
-        j = Journal(tmp_path / "never.journal")
-        with pytest.raises(JournalError, match="journal is closed"):
-            j.remaining_upto(1)
-        assert list(tmp_path.iterdir()) == []
-
-    def test_an_eviction_to_make_room_counts_as_a_removal(self, journal: Journal) -> None:
-        first = add(journal, "oldest, evicted")
-        watch = journal.watch_removals(journal.ids.last)
-        _, dropped = journal.append("qa", "newest", {}, Priority.MEDIUM, (), None, 1, "drop_oldest")
-        assert dropped == first.id and watch.removed == 1
 
     def test_an_id_already_present_cannot_be_appended_again(self, journal: Journal) -> None:
         op = add(journal, "x")

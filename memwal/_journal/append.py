@@ -123,8 +123,6 @@ class Appender(JournalBase):
         except BaseException:
             w.execute("ROLLBACK")
             raise
-        if evicted is not None:
-            self._removed((evicted[0],))
         if not fresh:
             self._set_depth(depth)
         if full and dropped is None:

@@ -26,7 +26,6 @@ from .._core.records import (
     IdGenerator,
 )
 from .rows import (
-    RemovalWatch,
     damaged,
     explain,
     fetch_all,
@@ -41,7 +40,6 @@ from .schema import (
     APPLICATION_ID,
     MIGRATIONS,
     SCHEMA_VERSION,
-    SEQ_MASK,
 )
 
 
@@ -72,9 +70,6 @@ class JournalBase:
         self._wc: sqlite3.Cursor | None = None  # the producer's INSERT reuses one cursor
         self._c: sqlite3.Connection | None = None  # the consumer's reads and checkpoints
         self._r: sqlite3.Connection | None = None
-        self._fc: sqlite3.Connection | None = None  # flush counts' snapshots, opened on first use
-        self._flock = threading.Lock()  # guards _fc
-        self._watches: list[RemovalWatch] = []  # replaced, never mutated (read without a lock)
         self._closed = False
         # Depth estimate for back-pressure: the last exact count plus what this process
         # added since, minus what it removed. Exact counting happens near the limit.
@@ -100,12 +95,12 @@ class JournalBase:
     def forget_after_fork(self) -> None:
         """In a child after fork(): fresh locks (a parent thread may have held one at the
         fork), the parent's connections dropped unused, and an open journal closed here."""
-        self._wlock, self._clock_c, self._rlock, self._flock, self._sync_lock = (threading.Lock() for _ in range(5))
+        self._wlock, self._clock_c, self._rlock, self._sync_lock = (threading.Lock() for _ in range(4))
         self.owner = owner()
-        conns = (self._w, self._c, self._r, self._fc)
+        conns = (self._w, self._c, self._r)
         if any(c is not None for c in conns):
             inherited.append(conns)
-            self._w = self._c = self._r = self._fc = None
+            self._w = self._c = self._r = None
             if self._wal_fd is not None:  # the child's copy of the parent's descriptor
                 os.close(self._wal_fd)
                 self._wal_fd = None
@@ -170,7 +165,7 @@ class JournalBase:
             except JournalError as exc:
                 log.warning("sync at close failed: %s", exc)
         self._closed = True
-        with self._flock, self._clock_c, self._wlock:  # the order every other holder takes them in
+        with self._clock_c, self._wlock:  # the order every other holder takes them in
             if self._c is not None:
                 try:
                     self._c.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -194,10 +189,10 @@ class JournalBase:
             self.full_at = self.commits
 
     def _close_conns(self) -> None:
-        for conn in (self._w, self._c, self._r, self._fc):
+        for conn in (self._w, self._c, self._r):
             if conn is not None:
                 conn.close()
-        self._w = self._c = self._r = self._fc = None
+        self._w = self._c = self._r = None
         self._wc = None
         if self._wal_fd is not None:
             os.close(self._wal_fd)
@@ -281,8 +276,8 @@ class JournalBase:
                 raise JournalError(f"cannot sync the journal: {exc}", path=str(self.path)) from exc
             self.synced = max(self.synced, target)
 
-    def transaction(self, fn: Callable[[sqlite3.Connection], Any], removes: Sequence[int] = ()) -> Any:
-        """``fn`` in one write transaction; ``removes``: the keys it takes out of ``ops``.
+    def transaction(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """``fn`` in one write transaction.
 
         On a full disk it checkpoints and truncates the WAL, then runs ``fn`` once more
         (as ``write_one`` does), so dead letters, held rows and retention drain too."""
@@ -291,13 +286,13 @@ class JournalBase:
             if self.disk_full:  # as in write_one: make room before taking any
                 self._reclaim(self._conn(self._c))
             try:
-                result = self._txn(c, fn, removes)
+                result = self._txn(c, fn)
             except sqlite3.Error as exc:
                 self.note_failure(exc)
                 if not (is_full(exc) and self._reclaim(self._conn(self._c))):
                     raise JournalError(f"cannot write: {exc}", path=str(self.path)) from exc
                 try:  # once more, into the WAL the checkpoint just emptied
-                    result = self._txn(c, fn, removes)
+                    result = self._txn(c, fn)
                 except sqlite3.Error as again:
                     self.note_failure(again)
                     raise JournalError(f"cannot write: {again}", path=str(self.path)) from again
@@ -305,7 +300,7 @@ class JournalBase:
         self.sync_upto(ticket)
         return result
 
-    def _txn(self, c: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any], removes: Sequence[int]) -> Any:
+    def _txn(self, c: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         c.execute("BEGIN IMMEDIATE")  # the caller holds _wlock
         try:
             result = fn(c)
@@ -314,14 +309,13 @@ class JournalBase:
             rollback(c)
             raise
         self.commits += 1
-        self._removed(removes)
         return result
 
     def write_one(self, sql: str, params: Any, *, removes: Sequence[int] = ()) -> int:
         """One statement in its own (autocommit) transaction; returns rows changed.
 
         ``removes`` are the keys of the undelivered rows it deletes (for the depth
-        estimate and flush_queue's count).
+        estimate).
         """
         with self._clock_c, self._wlock:
             w = self._conn(self._w)
@@ -362,34 +356,7 @@ class JournalBase:
         n = int(c.execute(sql, params).rowcount)  # the caller holds _wlock
         self.commits += 1
         self._depth_delta -= len(removes)
-        if removes:
-            self._removed(removes, n)
         return n
-
-    def _removed(self, keys: Sequence[int], deleted: int | None = None) -> None:
-        """Count committed removals from ``ops`` into the watches (the caller holds _wlock).
-
-        ``deleted``: how many of ``keys`` the statement found (fewer when another
-        consumer acknowledged some first); None when all were ours to remove.
-        """
-        for w in self._watches:
-            upto = w.upto
-            mine = sum(1 for k in keys if k & SEQ_MASK <= upto)
-            # Short of rows: exact when the keys are all on one side of the mark (a
-            # batch usually is), else at most what was deleted.
-            w.removed += mine if deleted is None or deleted >= len(keys) else min(mine, deleted)
-
-    def watch_removals(self, upto: int) -> RemovalWatch:
-        """From now until ``unwatch``, count this journal's removals of rows whose
-        sequence is at most ``upto`` (``remaining_upto`` adds them to its count)."""
-        w = RemovalWatch(upto)
-        with self._wlock:  # removals committed before this are not counted, later ones are
-            self._watches = [*self._watches, w]
-        return w
-
-    def unwatch(self, w: RemovalWatch) -> None:
-        with self._wlock:
-            self._watches = [x for x in self._watches if x is not w]
 
     def write_now(self, sql: str, params: Any, *, removes: Sequence[int] = ()) -> int | None:
         """``write_one`` if it can run at once, else None (nothing written).

@@ -16,13 +16,12 @@ from .reads import Reads
 from .rows import (
     JournalCounts,
     LeasedOp,
-    RemovalWatch,
     Settlement,
     decode_rows,
     owner_is_gone,
 )
 
-__all__ = ["Journal", "JournalCounts", "LeasedOp", "RemovalWatch", "Settlement", "decode_rows", "owner_is_gone"]
+__all__ = ["Journal", "JournalCounts", "LeasedOp", "Settlement", "decode_rows", "owner_is_gone"]
 
 
 class Journal(Appender, Leases, Maintenance, Reads):

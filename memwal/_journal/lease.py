@@ -111,7 +111,7 @@ class Leases(JournalBase):
             sanitize_rows(c, "ops", [k for k, _, _ in bad])
             move_dead(c, [(k, r) for k, _, r in bad], now, table="ops", add_attempt=0)
 
-        self.transaction(txn, removes=[k for k, _, _ in bad])
+        self.transaction(txn)
 
     def claim_statements(self, table: str, good: Sequence[LeasedOp], now: float) -> list[tuple[str, tuple[Any, ...], list[int]]]:
         """``(sql, params, keys)`` per chunk: each leases its keys that are still ready."""
@@ -222,7 +222,7 @@ class Leases(JournalBase):
                 c.executemany("DELETE FROM ops WHERE k = ?", [(k,) for k, _ in s.held])
 
         removed = [*s.acked, *(k for k, _ in s.dead), *(k for k, _ in s.held)]
-        self.transaction(txn, removes=removed)
+        self.transaction(txn)
         if removed:
             with self._wlock:
                 self._depth_delta -= len(removed)

@@ -14,7 +14,6 @@ from .._core.records import (
 from .base import JournalBase, inherited
 from .rows import (
     JournalCounts,
-    RemovalWatch,
     check_row,
 )
 from .schema import (
@@ -60,35 +59,6 @@ class Reads(JournalBase):
         return JournalCounts(
             pending=ops.get(0, 0), leased=ops.get(1, 0), dead=dead, delivered=done, held=held
         )
-
-    def remaining_upto(self, seq: int, watch: RemovalWatch | None = None) -> int:
-        """Undelivered rows whose sequence is at most ``seq`` (what a flush waits for),
-        plus the rows ``watch`` saw this journal remove, both as of one snapshot.
-
-        The snapshot is taken holding the writer lock, so each removal by this process
-        is either committed before it (and in ``watch``) or after it (and counted).
-        """
-        sql = " + ".join(["(SELECT count(*) FROM ops WHERE k BETWEEN ? AND ?)"] * 4)
-        params: list[int] = []
-        for rank in range(4):
-            params += [rank << RANK_SHIFT, (rank << RANK_SHIFT) | (seq & SEQ_MASK)]
-        with self._flock:
-            try:
-                if self._fc is None and self.is_open:
-                    self._fc = self._connect()
-                c = self._conn(self._fc)
-                if c.in_transaction:  # a COMMIT that failed last time
-                    c.execute("ROLLBACK")
-                c.execute("BEGIN")
-                try:
-                    with self._wlock:
-                        c.execute("SELECT 1 FROM ops LIMIT 1").fetchall()  # WAL: the first read takes the snapshot
-                        removed = 0 if watch is None else watch.removed
-                    return int(c.execute(f"SELECT {sql}", params).fetchone()[0]) + removed
-                finally:
-                    c.execute("COMMIT")  # ends the read transaction
-            except sqlite3.Error as exc:
-                raise JournalError(f"cannot read: {exc}", path=str(self.path)) from exc
 
     def own_snapshot(self) -> OwnSnapshot:
         """Take a read snapshot of the journal now, for ``OwnSnapshot.count``.

@@ -22,7 +22,6 @@ from .._core.records import (
 from .schema import (
     LEASE_SELECT,
     RANK_SHIFT,
-    SEQ_MASK,
 )
 
 log = logging.getLogger("memwal")
@@ -74,17 +73,6 @@ class Settlement(msgspec.Struct, kw_only=True):
     dead: list[tuple[int, str]] = []
     held: list[tuple[int, str]] = []
     release: list[int] = []
-
-
-class RemovalWatch:
-    """Counts the rows with a sequence at most ``upto`` that this journal removes
-    from ``ops`` (acknowledged, dead-lettered, held, evicted) while it is registered."""
-
-    __slots__ = ("removed", "upto")
-
-    def __init__(self, upto: int) -> None:
-        self.upto = upto & SEQ_MASK
-        self.removed = 0
 
 
 class JournalCounts(msgspec.Struct, frozen=True, kw_only=True):

@@ -151,8 +151,7 @@ def _repair(journal: Journal, bad: list[tuple[str, int, str, str]]) -> set[int]:
     fixed: set[int] = set()
     for i in range(0, len(bad), PAGE):
         part = bad[i : i + PAGE]
-        removes = [k for state, k, _, _ in part if STATES[state][0] == "ops"]  # a flush counts them
-        fixed |= journal.transaction(functools.partial(txn, part=part), removes=removes)
+        fixed |= journal.transaction(functools.partial(txn, part=part))
         for state, _, op_id, detail in part:
             log.error("verify: operation %s (%s) quarantined in dead letters: %s", op_id, state, detail)
     journal.refresh_depth()
@@ -385,7 +384,7 @@ def _insert(target: Journal, table: str, cols: str, rows: list[Any]) -> None:
     if table == "ops":  # leases of the damaged file's consumers mean nothing here
         values = [(*v[:1], 0, *v[2:4], None, None, *v[6:]) for v in values]
     sql = f"INSERT OR IGNORE INTO {table} ({cols}) VALUES ({', '.join('?' * len(names))})"
-    target.transaction(lambda c: c.executemany(sql, values), removes=())
+    target.transaction(lambda c: c.executemany(sql, values))
 
 
 def _text(value: Any) -> Any:
