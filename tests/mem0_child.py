@@ -1,7 +1,7 @@
 """Child process for test_mem0_crash: collect into a journal delivering to a slow mem0, print each id.
 
 Usage: python tests/mem0_child.py JOURNAL MEM0_URL COUNT [PREFIX [CONFIG_JSON]]
-(CONFIG_JSON: config sections merged over the child's own.)
+(CONFIG_JSON: config sections merged over the child's own; "sink": Mem0Sink timing arguments.)
 Each id is printed only after collect_async returned (it is committed to the journal).
 The sink has the default config: its ledger sits beside the journal, so a restarted
 process, or another one delivering from the same journal, knows what was in flight.
@@ -22,11 +22,12 @@ from memwal import AsyncMemoryCollector, Mem0Sink, load_config
 
 
 async def main(journal: str, url: str, count: int, prefix: str, extra: dict[str, Any]) -> None:
+    sink_args = extra.pop("sink", {})  # Mem0Sink arguments (timings only; the ledger stays the default)
     sections: dict[str, dict[str, Any]] = {"async_collection": {"batch_size": 20}, "journal": {"poll_interval": 0.01}}
     for section, values in extra.items():
         sections.setdefault(section, {}).update(values)
     config = load_config(sections)
-    async with AsyncMemoryCollector(journal, Mem0Sink(url, user_id="crash"), config=config) as c:
+    async with AsyncMemoryCollector(journal, Mem0Sink(url, user_id="crash", **sink_args), config=config) as c:
         for i in range(count):
             op_id = await c.collect_async("operation", f"{prefix} memory {i}")
             print(op_id, flush=True)

@@ -107,9 +107,12 @@ async def test_two_processes_on_one_journal_one_killed_mid_request(tmp_path: Pat
     # once their lease runs out and, through the shared ledger beside the journal, looks
     # up (instead of re-adding) the ones that may have reached mem0.
     journal = tmp_path / "shared.journal"
-    # The survivor takes the dead process's rows over soon (a short lease, longer than a delivery may last), and looks up
-    # its marks soon (the sink's default settle follows operation_timeout: 3 s + 2 s).
-    quick = {"journal": {"lease_seconds": 6.0}, "performance": {"operation_timeout": 4.0}}
+    # The survivor takes the dead process's rows over soon: a short lease, still longer than
+    # a delivery may last (operation_timeout), else a live delivery's rows are leased again.
+    # It looks up the dead one's marks after settle: longer than an add may wait in the
+    # fake's queue (its capacity) plus its 0.2 s latency.
+    quick = {"journal": {"lease_seconds": 10.0}, "performance": {"operation_timeout": 8.0},
+             "sink": {"settle": 3.0}}
     async with FakeMem0(api="oss", latency=0.2) as fake:
         fake.fill(FILL)
         fake.fill(OWN, prefix="crash", users=1)
