@@ -368,3 +368,41 @@ async def test_a_suspect_is_looked_up_only_once_its_last_send_has_settled(fake: 
         s.settle = 0
         assert await s.deliver([op]) is None and s.counts["found"] == 1
     assert fake.count_by() == {op.id: 1}
+
+
+# -- the send ledger beside the journal (the default) -----------------------------------
+
+
+def test_the_ledger_goes_beside_the_journal_one_per_endpoint_and_entity(tmp_path: Path) -> None:
+    journal = tmp_path / "agent.journal"
+    a = Mem0Sink("http://127.0.0.1:1", user_id="u1")
+    b = Mem0Sink("http://127.0.0.1:2", user_id="u1")
+    c = Mem0Sink("http://127.0.0.1:1", user_id="u2")
+    again = Mem0Sink("http://127.0.0.1:1/", user_id="u1")  # the same endpoint and entity
+    mine = Mem0Sink("http://127.0.0.1:1", user_id="u1", ledger=tmp_path / "mine.ledger")
+    alone = Mem0Sink("http://127.0.0.1:1", user_id="u1", ledger=None)
+    unbound = Mem0Sink("http://127.0.0.1:1", user_id="u1")
+    FallbackSink(a, b).bind_journal(journal)  # a fallback passes the journal on to each of its sinks
+    for s in (c, again, mine, alone):
+        s.bind_journal(journal)
+    paths = [s.ledger.path for s in (a, b, c)]
+    assert all(p is not None and p.startswith(f"{journal}.mem0-ledger-") for p in paths)
+    assert len(set(paths)) == 3 and again.ledger.path == a.ledger.path
+    assert mine.ledger.path == str(tmp_path / "mine.ledger")
+    assert alone.ledger.path is None and unbound.ledger.path is None
+    assert list(tmp_path.iterdir()) == []  # nothing opened before the first delivery
+
+
+async def test_default_ledger_costs_at_most_two_commits_a_delivery_and_no_extra_request(
+    fake: FakeMem0, journal_path: Path
+) -> None:
+    sink = Mem0Sink(fake.url, api_key=KEY, user_id="agent-1")
+    async with AsyncMemoryCollector(journal_path, sink, config=fast_config()) as c:
+        ids = [await c.collect_async("knowledge", f"fact number {i}") for i in range(400)]
+        await c.flush_queue(timeout=60)
+    assert sink.ledger.path is not None and await anyio.Path(sink.ledger.path).exists()
+    assert fake.count_by() == dict.fromkeys(ids, 1)
+    assert sum(fake.requests.values()) == 400  # one add per memory, no look-up
+    # A mark and a settle per delivery (plus a prune a minute): well under one per memory.
+    print("ledger commits per memory:", sink.ledger.commits / 400)
+    assert sink.ledger.commits / 400 <= 0.5

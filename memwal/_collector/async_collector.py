@@ -312,6 +312,7 @@ class AsyncMemoryCollector(CollectHelpers[Awaitable[str]]):
             self.sink.check_path()
         await anyio.to_thread.run_sync(self.journal.open)
         try:
+            self.sink.bind_journal(self.journal.path)
             self.sink.bind(self.config, self.clock)
         except BaseException:
             await anyio.to_thread.run_sync(self.journal.close)

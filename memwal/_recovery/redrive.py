@@ -183,6 +183,7 @@ async def replay(
     journal.recover()
     requeued = requeue(journal, category=category)[0] if include_dead else []
     _make_ready(journal, category)
+    sink.bind_journal(journal.path)
     sink.bind(config, clock)
     run = _Run(journal, sink, config, batch_size, rate, sleep, clock, progress)
     run.total = sum(_selection(journal, category, False)[0].values())

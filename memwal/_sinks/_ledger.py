@@ -11,7 +11,10 @@ mid-request, a timeout, another process's lease that ran out), one with a mem0 i
 there, and one without a mark was never sent.
 
 The file is SQLite in WAL mode, shared by every process that delivers from the same
-journal (pass the same path). Writes do not wait for fsync (``synchronous=OFF``): a
+journal (by default it sits beside the journal; see ``Mem0Sink.bind_journal``). It is
+opened on first use (in the worker thread that first touches it, never on the event
+loop). One delivery costs at most two commits (the marks before sending; the mem0 ids
+and the unsent after), so well under one commit per memory at any batch size above 2. Writes do not wait for fsync (``synchronous=OFF``): a
 process crash keeps them (the OS has them); an OS crash may lose the last ones, as it
 may lose the journal's unsynced writes. Rows with a mem0 id are pruned after
 ``retention`` seconds; rows whose outcome is unknown stay until resolved.
@@ -47,14 +50,30 @@ class SendLedger:
         # mem0 ids covers a redelivery there. In a file it is kept for other processes.
         self.keep_stored = self.path is not None
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path or ":memory:", isolation_level=None, check_same_thread=False,
-                                   timeout=30.0)
-        with self._lock:
-            if self.path is not None:
-                self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=OFF")
-            self._db.execute(_SCHEMA)
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
         self._pruned = 0.0
+        self.commits = 0  # write transactions committed (the cost measured per memory)
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The connection, opened on first use (callers hold ``_lock``)."""
+        if self._conn is None:
+            if self._closed:
+                raise sqlite3.ProgrammingError(f"send ledger {self.path or ':memory:'} is closed")
+            db = sqlite3.connect(self.path or ":memory:", isolation_level=None, check_same_thread=False,
+                                 timeout=30.0)
+            if self.path is not None:
+                db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=OFF")
+            db.execute(_SCHEMA)
+            self._conn = db
+        return self._conn
+
+    @property
+    def used(self) -> bool:
+        """True once the ledger was opened (read or written)."""
+        return self._conn is not None
 
     def state(self, ids: Sequence[str]) -> dict[str, tuple[str | None, float]]:
         """The marked ones among ``ids``: id -> (mem0 id or None if the outcome is unknown, time of the mark)."""
@@ -75,16 +94,22 @@ class SendLedger:
 
     def stored(self, mem0_ids: dict[str, str]) -> None:
         """mem0 answered that it stored these (memwal id -> mem0 id)."""
-        if not self.keep_stored:
-            self._write("DELETE FROM sent WHERE id = ?", [(k,) for k in mem0_ids])
-            return
-        now = time.time()
-        self._write("INSERT OR REPLACE INTO sent (id, mem0_id, at) VALUES (?, ?, ?)",
-                    [(k, v, now) for k, v in mem0_ids.items()])
+        self.settle(mem0_ids, ())
 
     def unsent(self, ids: Iterable[str]) -> None:
         """These certainly did not reach mem0 (and were not marked by an earlier attempt)."""
-        self._write("DELETE FROM sent WHERE id = ? AND mem0_id IS NULL", [(i,) for i in ids])
+        self.settle({}, ids)
+
+    def settle(self, mem0_ids: dict[str, str], unsent: Iterable[str]) -> None:
+        """``stored(mem0_ids)`` and ``unsent(unsent)`` in one transaction (one commit per delivery)."""
+        if self.keep_stored:
+            now = time.time()
+            stored: tuple[str, list[tuple[object, ...]]] = (
+                "INSERT OR REPLACE INTO sent (id, mem0_id, at) VALUES (?, ?, ?)",
+                [(k, v, now) for k, v in mem0_ids.items()])
+        else:
+            stored = ("DELETE FROM sent WHERE id = ?", [(k,) for k in mem0_ids])
+        self._write_many([stored, ("DELETE FROM sent WHERE id = ? AND mem0_id IS NULL", [(i,) for i in unsent])])
 
     def prune(self, now: float | None = None) -> int:
         """Forget stored operations older than ``retention``; at most once a minute unless ``now`` is given."""
@@ -94,6 +119,7 @@ class SendLedger:
         self._pruned = t
         with self._lock:
             cur = self._db.execute("DELETE FROM sent WHERE mem0_id IS NOT NULL AND at < ?", (t - self.retention,))
+            self.commits += 1
         return cur.rowcount
 
     def count(self) -> int:
@@ -101,17 +127,28 @@ class SendLedger:
             return int(self._db.execute("SELECT count(*) FROM sent").fetchone()[0])
 
     def _write(self, sql: str, rows: list[tuple[object, ...]]) -> None:
-        if not rows:
+        self._write_many([(sql, rows)])
+
+    def _write_many(self, parts: list[tuple[str, list[tuple[object, ...]]]]) -> None:
+        """Each (statement, rows) with rows, in one transaction; none at all writes nothing."""
+        parts = [(sql, rows) for sql, rows in parts if rows]
+        if not parts:
             return
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany(sql, rows)
+                for sql, rows in parts:
+                    db.executemany(sql, rows)
             except BaseException:
-                self._db.execute("ROLLBACK")
+                db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            db.execute("COMMIT")
+            self.commits += 1
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            self._closed = True
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -59,6 +60,14 @@ class Sink:
 
     def bind(self, config: Config, clock: Any) -> None:
         """Called once by the collector before the first delivery with its config and clock."""
+
+    def bind_journal(self, journal: str | os.PathLike[str]) -> None:
+        """Called once, before ``bind``, with the path of the journal this sink delivers from.
+
+        The collector and ``memwal-replay replay`` call it, so a sink can keep a file of
+        its own beside the journal, shared by every process delivering from it
+        (``Mem0Sink`` keeps its send ledger there). The default does nothing.
+        """
 
     async def deliver(self, ops: Sequence[MemoryOperation]) -> DeliveryReport | None:
         raise NotImplementedError

@@ -8,6 +8,7 @@ sends them to the primary (``reconcile``) once the primary's breaker lets calls 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -60,6 +61,10 @@ class FallbackSink(Sink):
     @property
     def primary(self) -> Sink:
         return self.sinks[0]
+
+    def bind_journal(self, journal: str | os.PathLike[str]) -> None:
+        for sink in self.sinks:
+            sink.bind_journal(journal)
 
     def bind(self, config: Config, clock: Any, on_change: Any = None) -> None:
         self._make_breakers(config.circuit_breaker, clock, on_change)

@@ -42,6 +42,7 @@ OWN_KEYS = ("memwal_id", "category", "priority", "tags", "project", "memwal_crea
 ESCAPE = "memwal_meta_"
 LOOKUP_CHUNK = 100
 TOP_K_MAX = 1000  # the OSS server answers 422 above this
+BESIDE_JOURNAL = "beside-journal"  # Mem0Sink(ledger=...) default: a file beside the journal it is bound to
 _UNBOUND = PerformanceConfig()  # what the sink uses until bind() gives it the collector's
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
@@ -194,8 +195,13 @@ class Mem0Sink(Sink):
     it is and never closed (then a request that failed after connecting counts as sent).
 
     Exactly once: mem0 has no idempotency key, so the sink keeps a ledger of the
-    operations it may have sent (``ledger``: a file shared by every process delivering
-    from one journal, and surviving a crash; None keeps it in this process only). An
+    operations it may have sent, a SQLite file shared by every process delivering from
+    one journal and surviving a crash. By default (``ledger="beside-journal"``) it sits
+    beside the journal the collector (or ``memwal-replay replay``) binds the sink to:
+    ``<journal>.mem0-ledger-<key>``, one per mem0 endpoint and entity (``key`` is a hash
+    of the api, base URL and entity, so two sinks of a FallbackSink never share one);
+    until bound, and with ``ledger=None``, it is kept in this process only; a path puts
+    it there. An
     operation never sent is added with no look-up (one request per memory). One whose
     earlier attempt may have reached mem0 (a timeout after sending, a lost answer, a
     5xx, a process killed mid-request, a cancelled delivery) is looked up first: on the
@@ -214,7 +220,7 @@ class Mem0Sink(Sink):
 
     Example:
         >>> sink = Mem0Sink("http://127.0.0.1:8888", api_key="m0sk_...", user_id="agent-1",
-        ...                 ledger="agent.journal.mem0-ledger")
+        ...                 ledger="agent.journal.mem0-ledger")  # default: beside the journal
         >>> async with AsyncMemoryCollector("agent.journal", sink) as c:
         ...     await c.collect_async("bug", "build fails on arm64")
     """
@@ -232,7 +238,7 @@ class Mem0Sink(Sink):
         session: aiohttp.ClientSession | None = None,
         timeout: float | None = None,
         platform_add: Literal["v3", "v1"] = "v3",
-        ledger: str | os.PathLike[str] | None = None,
+        ledger: str | os.PathLike[str] | None = BESIDE_JOURNAL,
         lookup_first: bool = False,
         settle: float | None = None,
     ) -> None:
@@ -263,7 +269,8 @@ class Mem0Sink(Sink):
         self._closed = False
         if settle is not None and settle < 0:
             raise ConfigError(f"must be 0 or more, got {settle!r}", path="Mem0Sink.settle")
-        self.ledger = SendLedger(ledger)
+        self._beside_journal = isinstance(ledger, str) and ledger == BESIDE_JOURNAL
+        self.ledger = SendLedger(None if self._beside_journal else ledger)
         self.lookup_first = lookup_first
         self._settle_arg = settle
         self.settle = settle if settle is not None else 2 * self.timeout
@@ -294,6 +301,24 @@ class Mem0Sink(Sink):
         self._window = perf.operation_timeout - max(1.0, perf.operation_timeout / 10)
         if self._settle_arg is None:
             self.settle = self._window + self.timeout
+
+    def bind_journal(self, journal: str | os.PathLike[str]) -> None:
+        """Put the ledger beside ``journal`` (unless ``ledger`` was given): ``<journal>.mem0-ledger-<key>``.
+
+        Opens nothing here (the file is opened by the first delivery, in a worker thread).
+        A sink that delivered before it was bound keeps its in-process ledger (its marks
+        would be lost by a switch), and says so.
+        """
+        if not self._beside_journal or self.ledger.path is not None:
+            return
+        if self.ledger.used:
+            log.warning("%s delivered before it was bound to journal %s: its send ledger stays in this "
+                        "process (pass ledger=PATH for exactly once across processes)", self.name, journal)
+            return
+        key = hashlib.sha256(repr((self.api, self.base_url, sorted(self.entity.items()))).encode()).hexdigest()[:12]
+        old, self.ledger = self.ledger, SendLedger(f"{os.fspath(journal)}.mem0-ledger-{key}",
+                                                   retention=self.ledger.retention)
+        old.close()
 
     def concurrency(self) -> dict[str, float | int]:
         """The adaptive concurrency limit now: limit, in_flight, queued, min_rtt, last_rtt, backoffs."""
@@ -436,8 +461,7 @@ class Mem0Sink(Sink):
         return DeliveryReport(failed=run.failed) if run.failed else None
 
     def _settle_ledger(self, run: _Delivery) -> None:
-        self.ledger.stored(run.stored)
-        self.ledger.unsent(run.unsent)
+        self.ledger.settle(run.stored, run.unsent)
         self.ledger.prune()
 
     def _found(self, op: MemoryOperation, mem0_id: str, how: str) -> None:
