@@ -485,7 +485,7 @@ class AsyncMemoryCollector(CollectHelpers[Awaitable[str]]):
             return _Collected(op_id, self._delivered(op_id), self, "")
         if self._group and self.journal.synced < self.journal.commits:
             return _Collected(op_id, self._committed(op_id, self.journal.commits), self, "")
-        return _Collected(op_id, None, self, "")
+        return _Appended(op_id)
 
     async def _committed(self, op_id: str, ticket: int) -> str:
         """Wait until a group commit covers ``ticket``: one task per group runs the
@@ -727,6 +727,26 @@ class AsyncMemoryCollector(CollectHelpers[Awaitable[str]]):
             b.reset()
         self._consumer.wake()
 
+
+
+class _Appended:
+    """What ``collect_async`` returns in the common case: the id of the operation the
+    call appended and committed, with nothing left to wait for.
+
+    ``_Collected`` without its wait and its ``__del__`` (which Python would call on
+    every collect only to find nothing to do)."""
+
+    __slots__ = ("_id",)
+
+    def __init__(self, op_id: str) -> None:
+        self._id: str | None = op_id
+
+    def __await__(self) -> Generator[Any, None, str]:
+        op_id, self._id = self._id, None
+        if op_id is None:
+            raise RuntimeError("collect_async's result was already awaited")
+        return op_id
+        yield  # a generator, as __await__ must return an iterator; never reached
 
 
 class _Collected:
