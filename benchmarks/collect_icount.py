@@ -1,6 +1,10 @@
 """Instruction counts per call on the caller's path: run under callgrind with N=0 and N, divide the difference by N.
 
-    valgrind --tool=callgrind --callgrind-out-file=/dev/null .venv/bin/python benchmarks/collect_icount.py collect 2000
+    valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file=/tmp/cg.%p \
+        .venv/bin/python benchmarks/collect_icount.py collect 2000
+
+With ``--separate-threads=yes`` the first thread's file counts only the caller's thread
+(the journal's checkpoints and the consumer run on others).
 
 Modes: ``floor`` (the raw INSERT of bench_collect.py), ``append`` (Journal.append of a
 validated operation), ``collect`` (``collect_async`` with ``max_inflight_batches: 0``,
@@ -15,11 +19,10 @@ from pathlib import Path
 
 import anyio
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's memwal, not an installed one
 import memwal
+from benchmarks._common import CONTENT, wal_connection
 from memwal._core.records import Priority
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._common import CONTENT, wal_connection  # noqa: E402
 
 
 def floor(d: Path, n: int) -> None:
