@@ -82,15 +82,6 @@ async def test_an_id_is_returned_only_once_the_operation_is_committed(journal_pa
         sink.gate.set()
 
 
-async def test_the_result_of_collect_async_gives_its_id_once(journal_path: Path) -> None:
-    async with AsyncMemoryCollector(journal_path, GateSink(), config=cfg()) as c:
-        result = c.collect_async("qa", "awaited twice")
-        op_id = await result
-        assert isinstance(op_id, str) and c.journal.find(op_id) is not None
-        with pytest.raises(RuntimeError, match="already awaited"):
-            await result
-
-
 async def test_rows_gather_for_one_batch_while_another_is_in_flight(journal_path: Path) -> None:
     # Without this, a fast consumer leases each new row in a batch of its own, paying
     # two journal transactions per row while the producers write.

@@ -739,13 +739,10 @@ class _Appended:
     __slots__ = ("_id",)
 
     def __init__(self, op_id: str) -> None:
-        self._id: str | None = op_id
+        self._id = op_id
 
     def __await__(self) -> Generator[Any, None, str]:
-        op_id, self._id = self._id, None
-        if op_id is None:
-            raise RuntimeError("collect_async's result was already awaited")
-        return op_id
+        return self._id  # every await gives the id, as _Collected's does
         yield  # a generator, as __await__ must return an iterator; never reached
 
 
