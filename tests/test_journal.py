@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from memwal import InvalidOperation, JournalError, Priority, QueueFull
+from memwal._core.records import decode_op
 from memwal._journal import append as append_module
 from memwal._journal import lease as lease_module
 from memwal._journal.journal import Journal, Settlement, decode_rows, owner_is_gone
@@ -143,6 +145,18 @@ def test_many_processes_opening_one_new_journal_at_once_all_succeed(journal_path
     j.open()
     assert j.counts().pending == 300
     j.close()
+
+
+def test_appends_of_different_sizes_store_each_payload_whole_as_a_checked_blob(journal: Journal) -> None:
+    # append encodes into one reused buffer: a short row after a long one must not keep its tail.
+    ops = [add(journal, text) for text in ("x" * 5000, "short", "y" * 300, "z")]
+    conn = sqlite3.connect(journal.path)
+    rows = conn.execute("SELECT id, typeof(payload), payload, crc FROM ops ORDER BY k").fetchall()
+    conn.close()
+    assert [r[0] for r in rows] == [op.id for op in ops]
+    for (_, kind, payload, crc), op in zip(rows, ops, strict=True):
+        assert kind == "blob" and zlib.crc32(payload) == crc
+        assert decode_op(payload) == op
 
 
 def test_ids_of_appends_from_many_threads_are_unique_and_increase(journal: Journal) -> None:

@@ -546,7 +546,7 @@ class AsyncMemoryCollector(CollectHelpers[Awaitable[str]]):
             return _Collected(op_id, self._delivered(op_id), self, "")
         if self._group and self.journal.synced < self.journal.commits:
             return _Collected(op_id, self._committed(op_id, self.journal.commits), self, "")
-        return _Collected(op_id, None, self, "")
+        return _Appended(op_id)
 
     async def _committed(self, op_id: str, ticket: int) -> str:
         """Wait until a group commit covers ``ticket``: one task per group runs the
@@ -806,6 +806,23 @@ class AsyncMemoryCollector(CollectHelpers[Awaitable[str]]):
             b.reset()
         self._consumer.wake()
 
+
+
+class _Appended:
+    """What ``collect_async`` returns in the common case: the id of the operation the
+    call appended and committed, with nothing left to wait for.
+
+    ``_Collected`` without its wait and its ``__del__`` (which Python would call on
+    every collect only to find nothing to do)."""
+
+    __slots__ = ("_id",)
+
+    def __init__(self, op_id: str) -> None:
+        self._id = op_id
+
+    def __await__(self) -> Generator[Any, None, str]:
+        return self._id  # every await gives the id, as _Collected's does
+        yield  # a generator, as __await__ must return an iterator; never reached
 
 
 class _Collected:

@@ -18,7 +18,7 @@ from .rows import (
     LARGE_ROW,
     RANK_KEY,
     crc32,
-    encode,
+    encode_into,
 )
 from .schema import (
     INSERT_OP,
@@ -31,6 +31,7 @@ class Appender(JournalBase):
 
     def open(self) -> None:
         """Open the journal (see JournalBase.open) and count it for back-pressure."""
+        self._payload = bytearray(1024)  # reused by append under _wlock
         super().open()
         try:
             self.refresh_depth()
@@ -76,7 +77,8 @@ class Appender(JournalBase):
                         id=new_id, category=category, content=content, metadata=metadata,
                         priority=priority, tags=tags, project=project, created_at=created_at,
                     )
-                    payload = encode(op)
+                    payload = self._payload
+                    encode_into(op, payload)
                     if len(payload) > LARGE_ROW:
                         self.large_appended = True
                     row = (rank_key | seq, new_id, category, created_at, crc32(payload), payload)

@@ -109,7 +109,12 @@ def owner_is_gone(owner: str) -> bool:
     return False
 
 
-encode = msgspec.json.Encoder().encode  # the same encoding as _records.encode_op
+_encoder = msgspec.json.Encoder()  # the same encoding as records.encode_op
+encode = _encoder.encode
+# Encodes into a caller's bytearray (resized to the message): the append path reuses one
+# buffer under the writer lock instead of allocating a bytes object per operation;
+# SQLite copies a bound BLOB, so the buffer is free again once the INSERT returns.
+encode_into = _encoder.encode_into
 
 
 RANK_KEY = {p: p.rank << RANK_SHIFT for p in Priority}
