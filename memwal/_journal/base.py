@@ -165,13 +165,23 @@ class JournalBase:
             except JournalError as exc:
                 log.warning("sync at close failed: %s", exc)
         self._closed = True
-        with self._clock_c, self._wlock:  # the order every other holder takes them in
-            if self._c is not None:
+        # The order every other holder takes them in, bounded: a KeyboardInterrupt that
+        # lands between a lock's acquire and its ``with`` block leaves it held for good,
+        # and closing at exit must not hang on it (the connections close all the same).
+        held = [lk for lk in (self._clock_c, self._wlock) if lk.acquire(timeout=self.config.busy_timeout)]
+        try:
+            if len(held) < 2:
+                log.warning("journal %s: a lock is still held (an interrupted writer?); closing"
+                            " without a checkpoint", self.path)
+            elif self._c is not None:
                 try:
                     self._c.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 except sqlite3.Error as exc:
                     log.warning("checkpoint at close failed: %s (journal %s)", exc, self.path)
             self._close_conns()
+        finally:
+            for lk in reversed(held):
+                lk.release()
 
     @property
     def is_open(self) -> bool:
