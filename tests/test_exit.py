@@ -83,22 +83,23 @@ def test_an_unclosed_collector_with_its_sink_down_exits_and_keeps_the_rows(tmp_p
 ))
 def test_ctrl_c_loses_nothing(tmp_path: Path) -> None:
     journal, store = tmp_path / "agent.journal", tmp_path / "memories.db"
-    child = subprocess.Popen(
+    ids: list[str] = []
+    # Popen as a context manager: its pipes are closed even when the test times out.
+    with subprocess.Popen(
         [sys.executable, str(CHILD), "forever", str(journal), str(store), "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    ids: list[str] = []
-    try:
-        assert child.stdout is not None
-        for line in child.stdout:
-            ids.append(line.strip())
-            if len(ids) == 300:
-                child.send_signal(signal.SIGINT)
-                break
-        out, err = child.communicate(timeout=WAIT)
-    finally:
-        if child.poll() is None:
-            child.kill()
+    ) as child:
+        try:
+            assert child.stdout is not None
+            for line in child.stdout:
+                ids.append(line.strip())
+                if len(ids) == 300:
+                    child.send_signal(signal.SIGINT)
+                    break
+            out, err = child.communicate(timeout=WAIT)
+        finally:
+            if child.poll() is None:
+                child.kill()
     ids += printed_ids(out)
     assert child.returncode in (1, -signal.SIGINT, 130), err
     assert "KeyboardInterrupt" in err
